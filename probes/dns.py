@@ -43,7 +43,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from probes.base import Clock, ProbeContext, ProbeResult, TargetSpec, make_result
 from probes.config_types import STRICT
-from probes.tcp import os_error_reason, parse_server
+from probes.net import DnsServer, os_error_reason, parse_server
 
 KIND = "dns"
 
@@ -55,7 +55,7 @@ class Options(BaseModel):
 
     name: str = Field(min_length=1)
     record_type: str = "A"
-    server: str | None = None
+    server: DnsServer | None = None
     transport: Literal["udp", "tcp"] = "udp"
     expect_rcode: str = "NOERROR"
     expect_any_of: list[str] = Field(default_factory=list)
@@ -87,13 +87,6 @@ class Options(BaseModel):
             return dns.rcode.to_text(dns.rcode.from_text(value.upper()))
         except (dns.exception.DNSException, ValueError) as exc:
             raise ValueError(f"unknown rcode {value!r} (NOERROR, NXDOMAIN, SERVFAIL, REFUSED...)") from exc
-
-    @field_validator("server")
-    @classmethod
-    def _server(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_server(value)
-        return value
 
     @field_validator("expect_regex")
     @classmethod

@@ -4,7 +4,9 @@ What it does, per probe:
 
 1. A fresh :class:`aiohttp.ClientSession` with its own connector: no keep-alive reuse and no DNS
    cache between probes (``force_close=True``, ``use_dns_cache=False``), a cookie jar that lives
-   for this probe only.
+   for this probe only.  Names are resolved by :func:`probes.net.resolve_host` (``/etc/hosts``,
+   then DNS with dnspython's asyncio resolver), never in the loop's thread pool: a few hanging
+   lookups cannot stall the other targets.
 2. One request per hop; redirects are followed by this module (not by aiohttp) so that the
    redirect policy, loop detection and per-hop phase timing are exact (RFC 9110 §15.4).
 3. The final response's status is checked, then its body is read *in full* (capped by
@@ -91,6 +93,7 @@ from yarl import URL
 
 from probes.base import Clock, ProbeContext, ProbeResult, TargetSpec, make_result, nfc
 from probes.config_types import STRICT, PositiveDuration
+from probes.net import ProbeFailure, peer_chain_der, resolve_host
 
 KIND = "http"
 
@@ -465,13 +468,9 @@ class Options(BaseModel):
 # --------------------------------------------------------------------------------------------
 
 
-class _ProbeFailure(Exception):
-    """Internal: stop the probe with this reason code and detail."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
+#: Stops the probe with a reason code and detail (:class:`probes.net.ProbeFailure`; also what the
+#: resolver raises, so a DNS failure ends the hop like any other classified failure).
+_ProbeFailure = ProbeFailure
 
 
 class _Hop:
@@ -627,32 +626,12 @@ class _Tracker:
         return total
 
 
-def _chain_der(sslobj: Any, verified: bool) -> list[bytes]:
-    """DER certificates of the peer, leaf first: the chain OpenSSL verified (up to the trust
-    anchor) or, without verification, the chain as sent.  ``get_(un)verified_chain`` is public
-    from Python 3.13 and a method of the private ``_sslobj`` on 3.10-3.12; if neither is there,
-    the leaf alone.  (Same rule as ``probes.tcp.peer_chain_der``.)"""
-    name = "get_verified_chain" if verified else "get_unverified_chain"
-    getter = getattr(sslobj, name, None) or getattr(getattr(sslobj, "_sslobj", None), name, None)
-    chain: list[bytes] = []
-    if getter is not None:
-        try:
-            for cert in getter() or []:
-                chain.append(cert if isinstance(cert, bytes) else cert.public_bytes(ssl._ssl.ENCODING_DER))  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001 - private API: any surprise -> leaf only
-            chain = []
-    if not chain:
-        leaf = sslobj.getpeercert(binary_form=True)
-        chain = [leaf] if leaf else []
-    return chain
-
-
 def _cert_expiries(sslobj: Any, verified: bool) -> tuple[int | None, int | None]:
     """``(earliest notAfter in the chain, leaf notAfter)``, Unix seconds; ``None`` if unknown.
     The earliest is blackbox_exporter's ``probe_ssl_earliest_cert_expiry``."""
     try:
         stamps = [int(x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp())
-                  for der in _chain_der(sslobj, verified)]
+                  for der in peer_chain_der(sslobj, verified)]
     except Exception:  # noqa: BLE001 - a fact, never a reason to fail the probe
         return None, None
     if not stamps:
@@ -665,16 +644,39 @@ def _cert_expiries(sslobj: Any, verified: bool) -> tuple[int | None, int | None]
 # --------------------------------------------------------------------------------------------
 
 
-async def _getaddrinfo(host: str, port: int) -> list[tuple[Any, ...]]:
-    """System resolver (``getaddrinfo`` in the loop's executor).  Module-level so tests can
-    replace it and never touch real DNS."""
-    loop = asyncio.get_running_loop()
-    return await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+#: Seconds the lookup's own limit runs past the hop deadline, so that the hop timer (which
+#: cancels the lookup) is the one that reports ``timeout_resolve``.
+_RESOLVE_GRACE = 0.25
+
+
+async def _lookup(host: str, ip_protocol: str, timeout: float) -> list[tuple[int, str]]:
+    """Name → addresses with :func:`probes.net.resolve_host`: ``/etc/hosts``, then DNS A/AAAA
+    (RFC 1035, RFC 3596) through dnspython's asyncio resolver — no thread (a hanging lookup
+    holds no executor thread other targets need), no cache.  Module-level so tests can
+    replace it and never touch real DNS.
+
+    Args:
+        host: the URL's host name (never an IP literal: aiohttp does not resolve those).
+        ip_protocol: ``"auto"`` (both families), ``"ip4"`` or ``"ip6"``.
+        timeout: seconds.
+
+    Returns:
+        ``[(family, ip), ...]``, at least one entry.
+
+    Raises:
+        ProbeFailure: ``dns`` or ``timeout_resolve``.
+    """
+    return await resolve_host(host, ip_protocol, timeout)
 
 
 class _Resolver(AbstractResolver):
-    """Uncached resolver that orders addresses by the preferred IP protocol (BBE's
-    ``preferred_ip_protocol`` / ``ip_protocol_fallback``) and records timing in the tracker."""
+    """Uncached, thread-free resolver that orders addresses by the preferred IP protocol (BBE's
+    ``preferred_ip_protocol`` / ``ip_protocol_fallback``) and records timing in the tracker.
+
+    With ``ip_protocol_fallback`` both families are looked up and the preferred one comes first
+    (aiohttp tries the others if it cannot connect); without it only the preferred family is
+    asked for.  Failures raise :class:`probes.net.ProbeFailure` (``dns``, ``timeout_resolve``).
+    """
 
     def __init__(self, tracker: _Tracker) -> None:
         self._tracker = tracker
@@ -682,27 +684,29 @@ class _Resolver(AbstractResolver):
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_UNSPEC) -> list[ResolveResult]:
         t = self._tracker
         t.dns_start()
+        fallback = t.opts.ip_protocol_fallback
+        want = socket.AF_INET if t.opts.ip_protocol == "ip4" else socket.AF_INET6
+        budget = max(0.0, t.deadline - t.loop.time()) + _RESOLVE_GRACE
         try:
-            infos = await _getaddrinfo(host, port)
-        except OSError as exc:
+            found = await _lookup(host, "auto" if fallback else t.opts.ip_protocol, budget)
+        except ProbeFailure as exc:
             t.fail(exc)
             raise
-        want = socket.AF_INET if t.opts.ip_protocol == "ip4" else socket.AF_INET6
-        preferred = [i for i in infos if i[0] == want]
-        others = [i for i in infos if i[0] != want and i[0] in (socket.AF_INET, socket.AF_INET6)]
-        chosen = preferred + (others if t.opts.ip_protocol_fallback else [])
+        preferred = [a for a in found if a[0] == want]
+        others = [a for a in found if a[0] != want and a[0] in (socket.AF_INET, socket.AF_INET6)]
+        chosen = preferred + (others if fallback else [])
         if not chosen:
-            exc = OSError(f"no {'IPv4' if want == socket.AF_INET else 'IPv6'} address for the host")
+            exc = ProbeFailure("dns", f"{host}: no {'IPv4' if want == socket.AF_INET else 'IPv6'} address")
             t.fail(exc)
             raise exc
         t.dns_done()
         out: list[ResolveResult] = []
         seen: set[str] = set()
-        for fam, _type, proto, _canon, addr in chosen:
-            if addr[0] in seen:
+        for fam, ip in chosen:
+            if ip in seen:
                 continue
-            seen.add(addr[0])
-            out.append({"hostname": host, "host": addr[0], "port": addr[1], "family": fam, "proto": proto, "flags": socket.AI_NUMERICHOST})
+            seen.add(ip)
+            out.append({"hostname": host, "host": ip, "port": port, "family": fam, "proto": socket.IPPROTO_TCP, "flags": socket.AI_NUMERICHOST})
         return out
 
     async def close(self) -> None:

@@ -45,11 +45,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from probes.base import Clock, ProbeContext, ProbeResult, TargetSpec, make_result
 from probes.config_types import STRICT, PositiveDuration
-from probes.tcp import IpProtocol, ProbeFailure, os_error_reason, parse_server, resolve_host
+from probes.net import DnsServer, IpProtocol, ProbeFailure, os_error_reason, resolve_first
 
 KIND = "icmp"
 
@@ -87,14 +87,7 @@ class Options(BaseModel):
     payload_size: int = Field(default=56, ge=_MIN_PAYLOAD, le=1452)
     ip_protocol: IpProtocol = "auto"
     socket: Literal["auto", "dgram", "raw"] = "auto"
-    dns_server: str | None = None
-
-    @field_validator("dns_server")
-    @classmethod
-    def _dns_server(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_server(value)
-        return value
+    dns_server: DnsServer | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,13 +354,7 @@ async def probe(spec: TargetSpec, ctx: ProbeContext) -> ProbeResult:
     sock: socket.socket | None = None
     reader_added = False
     try:
-        t0 = clock.elapsed()
-        try:
-            addresses = await resolve_host(opts.host, opts.ip_protocol, clock.remaining(total), opts.dns_server)
-        finally:
-            phases["resolve"] = clock.elapsed() - t0
-        family, ip = addresses[0]
-        facts["ip_address"] = ip
+        family, ip = await resolve_first(opts.host, opts.ip_protocol, opts.dns_server, clock, total, phases, facts)
         v6 = family == socket.AF_INET6
 
         sock, mode = open_icmp_socket(family, opts.socket)

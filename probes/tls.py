@@ -10,7 +10,7 @@ name check unless ``check_hostname: false``).  If verification fails, a second c
 an *unverified* handshake only to read the certificates the server sends, so the facts (expiry,
 subject, issuer...) are there even for an expired or untrusted certificate.  The chain the
 server sent is read with ``get_unverified_chain()`` (private on Python 3.11, see
-:func:`probes.tcp.peer_chain_der`); the leaf alone from ``getpeercert(binary_form=True)`` is the
+:func:`probes.net.peer_chain_der`); the leaf alone from ``getpeercert(binary_form=True)`` is the
 fallback.
 
 Options (YAML key ``tls``)::
@@ -34,21 +34,21 @@ import asyncio
 import ssl
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from probes.base import Clock, ProbeContext, ProbeResult, TargetSpec, make_result
 from probes.config_types import STRICT, PositiveDuration
-from probes.tcp import (
+from probes.net import (
+    DnsServer,
     IpProtocol,
     ProbeFailure,
     cert_facts,
     close_writer,
     connect_tcp,
     make_ssl_context,
-    parse_server,
     peer_chain_der,
-    resolve_host,
-    tls_error_reason,
+    resolve_first,
+    start_tls,
     utc_now,
 )
 
@@ -70,14 +70,7 @@ class Options(BaseModel):
     days_warning: float = Field(default=21.0, ge=0)
     connect_timeout: PositiveDuration | None = None
     ip_protocol: IpProtocol = "auto"
-    dns_server: str | None = None
-
-    @field_validator("dns_server")
-    @classmethod
-    def _dns_server(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_server(value)
-        return value
+    dns_server: DnsServer | None = None
 
     @model_validator(mode="after")
     def _days(self) -> "Options":
@@ -108,16 +101,7 @@ async def _handshake(
     tls_budget = clock.remaining(total)
     t0 = clock.elapsed()
     try:
-        await asyncio.wait_for(
-            writer.start_tls(context, server_hostname=server_name, ssl_handshake_timeout=tls_budget + 5.0),
-            timeout=tls_budget,
-        )
-    except TimeoutError:
-        await close_writer(writer, grace=0)
-        raise ProbeFailure("timeout_tls", f"TLS handshake with {ip}:{opts.port} not finished within {tls_budget:.3g}s") from None
-    except (ssl.SSLError, OSError, EOFError) as exc:
-        await close_writer(writer, grace=0)
-        raise ProbeFailure(*tls_error_reason(exc)) from None
+        await start_tls(writer, context, server_name, tls_budget, f"{ip}:{opts.port}")
     except BaseException:
         await close_writer(writer, grace=0)
         raise
@@ -182,13 +166,7 @@ async def probe(spec: TargetSpec, ctx: ProbeContext) -> ProbeResult:
         except (OSError, ssl.SSLError) as exc:
             return result("tls", f"cannot load ca_file {opts.ca_file!r}: {exc}")
 
-        t0 = clock.elapsed()
-        try:
-            addresses = await resolve_host(opts.host, opts.ip_protocol, clock.remaining(total), opts.dns_server)
-        finally:
-            phases["resolve"] = clock.elapsed() - t0
-        family, ip = addresses[0]
-        facts["ip_address"] = ip
+        family, ip = await resolve_first(opts.host, opts.ip_protocol, opts.dns_server, clock, total, phases, facts)
 
         verify_failure: ProbeFailure | None = None
         try:

@@ -2,7 +2,7 @@
 
 Every network test asserts the outcome, the reason and that the probe returned within its
 deadline plus a generous margin (the machine is shared).  No test touches DNS or any address
-outside loopback: name-based cases replace ``probes.http._getaddrinfo``.
+outside loopback: name-based cases replace ``probes.http._lookup``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import probes
 from probes import http as http_probe
 from probes.base import PHASES, Outcome, ProbeContext, ProbeResult, TargetSpec
 from probes.http import Options, classify_exception, decode_body, parse_json_path, probe, walk_json
+from probes.net import ProbeFailure
 from tests.servers import (
     MisbehavingHTTPServer,
     Reply,
@@ -308,20 +309,20 @@ async def test_garbage_is_protocol_error(srv):
 
 
 async def test_dns_failure(monkeypatch):
-    async def nxdomain(host, port):
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    async def nxdomain(host, ip_protocol, timeout):
+        raise ProbeFailure("dns", f"{host}: NXDOMAIN (name does not exist)")
 
-    monkeypatch.setattr(http_probe, "_getaddrinfo", nxdomain)
+    monkeypatch.setattr(http_probe, "_lookup", nxdomain)
     r = await run("http://portal.invalid/")
     expect(r, "error", "dns")
     assert "portal.invalid" in r.detail
 
 
 async def test_dns_hang(monkeypatch):
-    async def never(host, port):
+    async def never(host, ip_protocol, timeout):
         await asyncio.sleep(3600)
 
-    monkeypatch.setattr(http_probe, "_getaddrinfo", never)
+    monkeypatch.setattr(http_probe, "_lookup", never)
     r = await run("http://portal.invalid/", timeout=1)
     expect(r, "hang", "timeout_resolve")
     assert r.phases["resolve"] >= 0.9
@@ -330,26 +331,86 @@ async def test_dns_hang(monkeypatch):
 async def test_name_resolution_and_ip_preference(monkeypatch, srv):
     calls = []
 
-    async def fake(host, port):
-        calls.append(host)
-        return [
-            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
-            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
-        ]
+    async def fake(host, ip_protocol, timeout):
+        calls.append((host, ip_protocol))
+        return [(socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.1")]
 
-    monkeypatch.setattr(http_probe, "_getaddrinfo", fake)
+    monkeypatch.setattr(http_probe, "_lookup", fake)
     r = await run(f"http://portal.test:{srv.port}/echo")
     expect(r, "ok", "ok")
     assert r.facts["ip_address"] == "127.0.0.1"  # ip4 preferred over the ::1 listed first
     assert srv.requests[-1].headers["host"] == f"portal.test:{srv.port}"
 
-    async def only_v6(host, port):
-        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0))]
+    assert calls == [("portal.test", "auto")]  # with fallback: both families asked for
 
-    monkeypatch.setattr(http_probe, "_getaddrinfo", only_v6)
+    async def only_v6(host, ip_protocol, timeout):
+        calls.append((host, ip_protocol))
+        return [(socket.AF_INET6, "::1")]
+
+    monkeypatch.setattr(http_probe, "_lookup", only_v6)
     r = await run(f"http://portal.test:{srv.port}/", ip_protocol_fallback=False)
     expect(r, "error", "dns")
-    assert len(calls) == 1
+    assert calls[-1] == ("portal.test", "ip4")  # without fallback: only the preferred family
+    assert "IPv4" in r.detail
+
+
+async def test_ip6_preference_with_fallback_orders_ip6_first(monkeypatch):
+    async def fake(host, ip_protocol, timeout):
+        return [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+
+    monkeypatch.setattr(http_probe, "_lookup", fake)
+    tracker = http_probe._Tracker(Options(url="http://portal.test/", ip_protocol="ip6"), 5.0)
+    tracker.new_hop(False)
+    found = await http_probe._Resolver(tracker).resolve("portal.test", 8080)
+    assert [(a["host"], a["port"], a["family"]) for a in found] == [
+        ("::1", 8080, socket.AF_INET6), ("127.0.0.1", 8080, socket.AF_INET)]
+
+
+class _TinyDNS(asyncio.DatagramProtocol):
+    """UDP DNS on 127.0.0.1: ``portal.hcc.test`` has A 127.0.0.1 (and no AAAA); every other
+    name gets no reply at all (a hanging lookup)."""
+
+    def connection_made(self, transport):  # type: ignore[override]
+        self.transport = transport
+
+    def datagram_received(self, data, addr):  # type: ignore[override]
+        import dnslib
+
+        request = dnslib.DNSRecord.parse(data)
+        if str(request.q.qname).lower() != "portal.hcc.test.":
+            return
+        reply = request.reply()
+        if dnslib.QTYPE[request.q.qtype] == "A":
+            reply.add_answer(dnslib.RR(request.q.qname, dnslib.QTYPE.A, rdata=dnslib.A("127.0.0.1"), ttl=60))
+        self.transport.sendto(reply.pack(), addr)
+
+
+async def test_hanging_lookups_use_no_thread_and_do_not_stall_others(monkeypatch, srv):
+    """The real resolver path (dnspython, asyncio) against a loopback DNS server: many hanging
+    lookups run next to a good one, and nothing goes through the loop's thread pool."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(_TinyDNS, local_addr=("127.0.0.1", 0))
+    server = f"127.0.0.1:{transport.get_extra_info('sockname')[1]}"
+    real = http_probe.resolve_host
+
+    async def via_test_server(host, ip_protocol, timeout):
+        return await real(host, ip_protocol, timeout, server)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the http probe must not use the loop's thread pool")
+
+    monkeypatch.setattr(http_probe, "resolve_host", via_test_server)
+    monkeypatch.setattr(loop, "getaddrinfo", forbidden)
+    monkeypatch.setattr(loop, "run_in_executor", forbidden)
+    try:
+        hanging = [asyncio.create_task(run(f"http://hang{i}.hcc.test/", timeout=2)) for i in range(10)]
+        good = await run(f"http://portal.hcc.test:{srv.port}/echo", timeout=2)
+        expect(good, "ok", "ok")
+        assert good.facts["ip_address"] == "127.0.0.1"
+        for result in await asyncio.gather(*hanging):
+            expect(result, "hang", "timeout_resolve")
+    finally:
+        transport.close()
 
 
 # ------------------------------------------------------------------------------------------
@@ -631,10 +692,10 @@ async def test_cancellation_propagates_and_closes_sockets(srv):
 
 
 async def test_unexpected_exception_becomes_internal(monkeypatch):
-    async def broken(host, port):
+    async def broken(host, ip_protocol, timeout):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(http_probe, "_getaddrinfo", broken)
+    monkeypatch.setattr(http_probe, "_lookup", broken)
     r = await run("http://portal.invalid/")
     expect(r, "error", "internal")
 
