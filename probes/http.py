@@ -77,7 +77,6 @@ from aiohttp.client_exceptions import (
     ClientConnectorError,
     ClientConnectorSSLError,
 )
-from cryptography import x509
 from multidict import CIMultiDict
 from pydantic import (
     BaseModel,
@@ -629,6 +628,8 @@ class _Tracker:
 def _cert_expiries(sslobj: Any, verified: bool) -> tuple[int | None, int | None]:
     """``(earliest notAfter in the chain, leaf notAfter)``, Unix seconds; ``None`` if unknown.
     The earliest is blackbox_exporter's ``probe_ssl_earliest_cert_expiry``."""
+    from cryptography import x509  # lazy: ~8 MiB RSS that plain-HTTP agents never need
+
     try:
         stamps = [int(x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp())
                   for der in peer_chain_der(sslobj, verified)]
