@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import shutil
 import signal
 import socket
@@ -108,6 +109,9 @@ def format_result(result: ProbeResult) -> str:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Entry point of ``hcc-sentinel demo``; returns the exit code."""
+    # the demo prints its own table of outcome changes; the runtime's per-change log lines
+    # would repeat each one, so only errors of the agent itself reach the terminal
+    logging.getLogger("hcc_sentinel").setLevel(logging.ERROR)
     try:
         return asyncio.run(_demo(args))
     except KeyboardInterrupt:
