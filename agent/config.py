@@ -221,7 +221,8 @@ def target_model() -> type[TargetBase]:
 class ConfigBase(BaseModel):
     """The whole config; ``targets`` is typed per kind by :func:`config_model`."""
 
-    model_config = STRICT
+    # hide_input_in_errors: a ValidationError's text must not echo secrets (apprise URLs, tokens)
+    model_config = {**STRICT, "hide_input_in_errors": True}
     agent: AgentSection
     defaults: Defaults = Field(default_factory=Defaults)
     systems: list[SystemDef] = Field(default_factory=list)
