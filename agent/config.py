@@ -387,8 +387,34 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
     data, lm = load_yaml(path, env)
     config = validate_data(data, lm)
     base = Path(path).resolve().parent
+    # relative paths are relative to the config file, not to the working directory
     if not config.agent.data_dir.is_absolute():
-        # a relative data_dir is relative to the config file, not to the working directory
         agent = config.agent.model_copy(update={"data_dir": (base / config.agent.data_dir).resolve()})
         config = config.model_copy(update={"agent": agent})
+    templates_dir = config.alerting.templates_dir
+    if templates_dir is not None:
+        if not templates_dir.is_absolute():
+            templates_dir = (base / templates_dir).resolve()
+            alerting = config.alerting.model_copy(update={"templates_dir": templates_dir})
+            config = config.model_copy(update={"alerting": alerting})
+        _check_templates(config, lm)
     return config
+
+
+def _check_templates(config: ConfigBase, lm: LineMap) -> None:
+    """Compile the message templates so a broken override is refused like any config error.
+
+    Raises:
+        ConfigError: the directory is missing or a template does not compile.
+    """
+    from alerts.templates import Renderer
+
+    loc = ("alerting", "templates_dir")
+    directory = config.alerting.templates_dir
+    if directory is None:
+        return
+    if not directory.is_dir():
+        raise ConfigError([ConfigProblem(lm.file, lm.line_of(loc), format_loc(loc), f"{directory} is not a directory")])
+    problems = Renderer(directory).check()
+    if problems:
+        raise ConfigError([ConfigProblem(lm.file, lm.line_of(loc), format_loc(loc), f"template {p}") for p in problems])

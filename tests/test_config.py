@@ -132,3 +132,16 @@ def test_example_config_is_valid() -> None:
     kinds = {s.kind for s in cfg.target_specs()}
     assert {"http", "tcp", "dns", "tls", "icmp", "host"} <= kinds
     assert [t.id for t in cfg.targets if t.uplink] == ["uplink-gateway", "uplink-dns"]
+
+
+def test_broken_message_template_is_a_config_error(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "problem.j2").write_text("{% if %}broken\n", encoding="utf-8")
+    text = GOOD + "alerting:\n  templates_dir: templates\n"
+    path = write(tmp_path, text)
+    found = problems(path, {"PROBE_SEND": "x"})
+    assert len(found) == 1 and found[0].startswith(f"{path}:24: alerting.templates_dir: template default/problem.j2:")
+    (templates / "problem.j2").write_text("{{ subject }}\n", encoding="utf-8")
+    cfg = load_config(path, env={"PROBE_SEND": "x"})
+    assert cfg.alerting.templates_dir == templates.resolve()
