@@ -141,7 +141,7 @@ def test_broken_message_template_is_a_config_error(tmp_path: Path) -> None:
     text = GOOD + "alerting:\n  templates_dir: templates\n"
     path = write(tmp_path, text)
     found = problems(path, {"PROBE_SEND": "x"})
-    assert len(found) == 1 and found[0].startswith(f"{path}:24: alerting.templates_dir: template default/problem.j2:")
+    assert len(found) == 1 and found[0].startswith(f"{path}:23: alerting.templates_dir: template default/problem.j2:")
     (templates / "problem.j2").write_text("{{ subject }}\n", encoding="utf-8")
     cfg = load_config(path, env={"PROBE_SEND": "x"})
     assert cfg.alerting.templates_dir == templates.resolve()
