@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,8 @@ from agent.status import STATE_VI, uplink_verdict
 from conftest import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
-IMG = ROOT / "docs" / "img"
+# screenshots land in a temporary directory; HCC_SCREENSHOT_DIR=docs/img refreshes the README's
+IMG = Path(os.environ.get("HCC_SCREENSHOT_DIR") or tempfile.mkdtemp(prefix="hcc-status-shots-"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_flow import PASSWORD, USERNAME, Portal  # noqa: E402  (the portal replica)
 
