@@ -272,6 +272,7 @@ class ConfigBase(BaseModel):
         system_ids = {s.id for s in self.systems}
         if len(system_ids) != len(self.systems):
             problems.append((("systems",), "duplicate system id"))
+        short_retry: list[str] = []
         for i, t in enumerate(targets):
             if t.system is not None and self.systems and t.system not in system_ids:
                 problems.append((("targets", i, "system"), f"unknown system {t.system!r} (known: {', '.join(sorted(system_ids))})"))
@@ -283,8 +284,19 @@ class ConfigBase(BaseModel):
             timeout, interval = self.effective(t, "timeout"), self.effective(t, "interval")
             if timeout > interval:
                 problems.append((("targets", i, "timeout"), f"timeout {timeout:g}s is longer than the interval {interval:g}s"))
+            retry = self.effective(t, "retry_interval")
+            if retry is not None and retry < timeout:
+                if t.retry_interval is not None:
+                    problems.append((("targets", i, "retry_interval"), f"retry_interval {retry:g}s is shorter "
+                                     f"than the timeout {timeout:g}s: every retry of a hanging target would overrun"))
+                else:
+                    short_retry.append(t.id)
             if self.effective(t, "slow_after") >= timeout:
                 problems.append((("targets", i, "slow_after"), "slow_after must be shorter than timeout"))
+        if short_retry:
+            problems.append((("defaults", "retry_interval"), f"retry_interval {self.defaults.retry_interval:g}s is "
+                             f"shorter than the timeout of {', '.join(short_retry)}: every retry of a hanging target "
+                             "would overrun (set a longer retry_interval on those targets)"))
         cycle = _find_cycle({t.id: list(t.depends_on) for t in targets})
         if cycle:
             problems.append((("targets",), "dependency cycle: " + " -> ".join(cycle)))

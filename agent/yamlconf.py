@@ -56,6 +56,7 @@ class LineMap:
 
     file: str
     lines: dict[Loc, int] = field(default_factory=dict)
+    count: int = 0  # values built so far (see MAX_NODES)
 
     def line_of(self, loc: Loc) -> int:
         """Line of the deepest prefix of ``loc`` that exists in the file (1 if none)."""
@@ -108,8 +109,20 @@ def _substitute(text: str, file: str, line: int, loc: Loc, problems: list[Config
     return _REF.sub(repl, text)
 
 
+#: More values than any real config has; a YAML alias "bomb" (anchors referencing anchors,
+#: "billion laughs") expands past it and is refused instead of exhausting memory and time.
+MAX_NODES = 100_000
+
+
+class _TooBig(Exception):
+    pass
+
+
 def _build(node: yaml.Node, loc: Loc, lm: LineMap, problems: list[ConfigProblem],
            env: dict[str, str]) -> Any:
+    lm.count += 1
+    if lm.count > MAX_NODES:
+        raise _TooBig
     lm.lines[loc] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
@@ -162,6 +175,7 @@ def load_yaml(path: str | os.PathLike[str], env: dict[str, str] | None = None) -
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
+        line = min(line, max(1, len(text.splitlines())))  # "end of stream" points past the end
         raise ConfigError([ConfigProblem(file, line, "(syntax)",
                                          f"YAML syntax error: {exc.problem or exc}")]) from None
     except yaml.YAMLError as exc:
@@ -170,7 +184,11 @@ def load_yaml(path: str | os.PathLike[str], env: dict[str, str] | None = None) -
     if node is None:
         return {}, lm
     problems: list[ConfigProblem] = []
-    data = _build(node, (), lm, problems, env)
+    try:
+        data = _build(node, (), lm, problems, env)
+    except _TooBig:
+        raise ConfigError([ConfigProblem(file, 1, "(file)", f"more than {MAX_NODES} values once YAML "
+                                         "aliases are expanded; refusing (alias bomb?)")]) from None
     if problems:
         raise ConfigError(problems)
     return data, lm

@@ -27,7 +27,7 @@ agent:
   status_url: http://127.0.0.1:{port}/status
   startup_spread: 200ms
 defaults: {{interval: 1s, timeout: 900ms, slow_after: 500ms, failure_threshold: 2, success_threshold: 2,
-            retry_interval: 500ms}}
+            retry_interval: 900ms}}
 systems:
   - {{id: motcua, name: "Hệ thống giải quyết thủ tục hành chính tỉnh (một cửa)", owner: so-khcn}}
 targets:

@@ -145,3 +145,40 @@ def test_broken_message_template_is_a_config_error(tmp_path: Path) -> None:
     (templates / "problem.j2").write_text("{{ subject }}\n", encoding="utf-8")
     cfg = load_config(path, env={"PROBE_SEND": "x"})
     assert cfg.alerting.templates_dir == templates.resolve()
+
+
+def test_retry_interval_shorter_than_timeout_is_refused(tmp_path: Path) -> None:
+    text = GOOD.replace("  slow_after: 500ms\n", "  slow_after: 500ms\n  retry_interval: 3s\n")
+    path = write(tmp_path, text)
+    found = problems(path, {"PROBE_SEND": "x"})
+    assert found == [f"{path}:9: defaults.retry_interval: retry_interval 3s is shorter than the timeout of gw, "
+                     "motcua-tcp: every retry of a hanging target would overrun (set a longer retry_interval on those targets)"]
+    path = write(tmp_path, GOOD.replace("interval: 1m", "interval: 1m\n    retry_interval: 2s"))
+    assert problems(path, {"PROBE_SEND": "x"}) == [
+        f"{path}:20: targets[1].retry_interval: retry_interval 2s is shorter than the timeout 5s: "
+        "every retry of a hanging target would overrun"]
+
+
+@pytest.mark.parametrize("bad", ["5 minutes", "1:30", "3 days", "5M", "1e3", "-3s", "1h 30m", "5s30m"])
+def test_durations_follow_the_prometheus_grammar(tmp_path: Path, bad: str) -> None:
+    path = write(tmp_path, GOOD.replace("interval: 1m", f"interval: '{bad}'"))
+    found = problems(path, {"PROBE_SEND": "x"})
+    assert len(found) == 1 and found[0].startswith(f"{path}:19: targets[1].interval: ")
+
+
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}]"
+              for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    found = problems(path)
+    assert len(found) == 1 and "alias bomb" in found[0]
+
+
+def test_syntax_error_at_end_of_file_points_inside_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + '  - id: "unterminated\n')
+    found = problems(path, {"PROBE_SEND": "x"})
+    assert len(found) == 1 and "YAML syntax error" in found[0]
+    line = int(found[0].split(":")[1])
+    assert 1 <= line <= len(path.read_text(encoding="utf-8").splitlines())
