@@ -12,8 +12,9 @@ Vietnamese names and objectives); with ``--local`` from the agent's own history 
 database under the config's ``data_dir``.  The method is described in
 :mod:`agent.report.accounting` and on the report's first page.
 
-Exit codes: 0 written; 2 bad arguments or config; 3 the data source failed (Prometheus
-unreachable or without data, history missing).
+Exit codes: 0 written; 2 bad arguments or config, or ``--out`` cannot be used or written (one
+line on stderr); 3 the data source failed (Prometheus unreachable or without data, history
+missing).
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def run_sla(args: argparse.Namespace) -> int:
         method = accounting.Method(quorum=args.quorum, min_vantage=args.min_vantage,
                                    carry_minutes=args.carry_minutes, merge_gap=args.merge_gap,
                                    min_local_minutes=args.min_local_minutes)
-    except ValueError as exc:
+        render.prepare_out_dir(args.out)  # before the (possibly long) data fetch
+    except (ValueError, OSError) as exc:
         print(f"hcc-sentinel report sla: {exc}", file=sys.stderr)
         return 2
     config = None
@@ -125,7 +127,12 @@ def run_sla(args: argparse.Namespace) -> int:
             return 3
         raise
     report = accounting.compute(obs, method)
-    paths = render.write(report, args.out, formats)
+    try:
+        paths = render.write(report, args.out, formats)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"hcc-sentinel report sla: cannot write the report: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     for p in paths:
         print(p)
     return 0

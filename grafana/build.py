@@ -74,9 +74,17 @@ UPLINK_OK = ('max by (commune_code) ((hcc_sentinel_target_state{state=~"up|degra
              '* on (agent_id, target) group_left () max by (agent_id, target) (probe_target_info{system="uplink"}))')
 
 
+#: targets in maintenance now (one series per agent and target)
+MAINT_NOW = 'hcc_sentinel_target_state{state="maintenance"} == 1'
+
+
 def commune_system_state(extra: str = "") -> str:
-    return (f"max by (commune_code, commune_name, system) ({STATE_CODE} * on (agent_id, target) "
-            f"group_left (system) max by (agent_id, target, system) (probe_target_info{{system!=\"host\"{extra}}}))")
+    """Worst state of the (commune, system)'s targets NOT in maintenance; maintenance (1) only
+    when every target of the system at the commune is in maintenance (as the SLA report)."""
+    join = (f"* on (agent_id, target) group_left (system) max by (agent_id, target, system) "
+            f"(probe_target_info{{system!=\"host\"{extra}}})")
+    return (f"max by (commune_code, commune_name, system) (({STATE_CODE} unless on (agent_id, target) ({MAINT_NOW})) "
+            f"{join}) or max by (commune_code, commune_name, system) ({STATE_CODE} {join})")
 
 
 def observed(state: str, system: str = "") -> str:
@@ -115,18 +123,20 @@ def quorum_failed_ratio(window: str) -> str:
 
 def central_down(w: str = "15m") -> str:
     """1 per system and window ``w`` when >= 50 % of healthy-link communes failed it (>= half
-    their probes in the window failed), 0 otherwise; windows touching maintenance give no value
-    (excluded).  Evaluated every ``w`` over 30 days by the SLA panels (``[30d:15m]``): a live
-    estimate at 15-minute resolution; the report counts minutes."""
-    per_cs = (f'sum by (commune_code, system) (increase({C}{{outcome=~"error|hang"}}[{w}]) * on (agent_id, target) '
-              f"group_left (system) {SERVICES})")
-    all_cs = (f"sum by (commune_code, system) (increase({C}[{w}]) * on (agent_id, target) "
+    their probes in the window failed), 0 otherwise.  Maintenance is per target, as in the SLA
+    report: a target in maintenance during the window is left out, a commune whose targets of the
+    system are all in maintenance is not a witness, and a window with no witness at all gives no
+    value (excluded).  One target in maintenance never hides the failure of the others.
+    Evaluated every ``w`` over 30 days by the SLA panels (``[30d:15m]``): a live estimate at
+    15-minute resolution; the report counts minutes."""
+    not_maint = f'unless on (agent_id, target) (max_over_time(hcc_sentinel_target_state{{state="maintenance"}}[{w}]) == 1)'
+    per_cs = (f'sum by (commune_code, system) ((increase({C}{{outcome=~"error|hang"}}[{w}]) {not_maint}) '
+              f"* on (agent_id, target) group_left (system) {SERVICES})")
+    all_cs = (f"sum by (commune_code, system) ((increase({C}[{w}]) {not_maint}) * on (agent_id, target) "
               f"group_left (system) {SERVICES})")
     uplink_ok = f"(({ratio_over(w, 'commune_code', UPLINK_JOIN)}) < 0.5)"
     failing = f"((({per_cs}) or ({all_cs}) * 0) / ({all_cs}) >= bool 0.5) and on (commune_code) {uplink_ok}"
-    maint = (f'max by (system) (max_over_time(hcc_sentinel_target_state{{state="maintenance"}}[{w}]) '
-             f"* on (agent_id, target) group_left (system) {SERVICES}) == 1")
-    return f"((sum by (system) ({failing}) / count by (system) ({failing})) >= bool 0.5) unless on (system) ({maint})"
+    return f"(sum by (system) ({failing}) / count by (system) ({failing})) >= bool 0.5"
 
 
 # -- panel helpers ---------------------------------------------------------------------------
@@ -171,7 +181,8 @@ def overview() -> g.Dashboard:
         title="Trạng thái hiện tại: xã × hệ thống (status grid)",
         description="Mỗi ô là trạng thái xấu nhất của các mục tiêu thuộc hệ thống tại xã đó "
                     "(hcc_sentinel_target_state): bình thường, suy giảm, gián đoạn, mất kết nối (đường truyền "
-                    "của xã hỏng nên không đo được), bảo trì. Dòng: xã; cột: hệ thống.",
+                    "của xã hỏng nên không đo được), bảo trì. Mục tiêu đang bảo trì không được tính; ô là bảo trì "
+                    "chỉ khi mọi mục tiêu của hệ thống tại xã đều đang bảo trì. Dòng: xã; cột: hệ thống.",
         dataSource=DS, targets=[T(commune_system_state(), instant=True, fmt="table")],
         gridPos=pos(0, 0, 16, 14), mappings=STATE_MAPPINGS,
         transformations=[{"id": "groupingToMatrix", "options": {"columnField": "system", "rowField": "commune_name",
@@ -318,7 +329,8 @@ def sla() -> g.Dashboard:
     avail = g.BarGauge(
         title="Khả dụng 30 ngày theo hệ thống (30-day availability, quorum)",
         description="Tỷ lệ các khoảng 15 phút mà hệ thống KHÔNG gián đoạn theo quorum (≥ 50 % xã có đường truyền tốt "
-                    "thấy lỗi), không tính bảo trì. Ước tính trực tiếp; số chính thức theo phút nằm trong báo cáo "
+                    "thấy lỗi), không tính bảo trì (theo từng mục tiêu: mục tiêu đang bảo trì bị loại, các mục tiêu "
+                    "khác của hệ thống vẫn được tính). Ước tính trực tiếp; số chính thức theo phút nằm trong báo cáo "
                     "SLA hằng tháng (hcc-sentinel report sla).",
         dataSource=DS, gridPos=pos(0, 0, 12, 9), format="percentunit", min=0.98, max=1, orientation="horizontal",
         thresholds=[g.Threshold("red", 0, 0.0), g.Threshold("green", 1, 0.995)],

@@ -199,3 +199,26 @@ def test_fleet_dashboard(month_prom):
     assert [(s["metric"]["commune_code"], s["metric"]["path"]) for s in disks] == [("26227", "/var/lib/hcc-sentinel")]
     outbox = by(run_panel(month, server, p["Tin nhắn chờ gửi (outbox depth)"])["A"], "commune_name")
     assert outbox[("Xã Phước An",)] == 10 and outbox[("Phường Biên Hòa",)] == 0
+
+
+def test_maintenance_of_one_target_does_not_hide_downtime():
+    """A day where motcua has 3 targets (tests/test_report_sla.py::partial_maintenance_day): one
+    target in maintenance must neither hide the others' failure (SLA downtime) nor turn a cell of
+    the status grid into "maintenance" while the other targets are up."""
+    prometheus, promtool = require_binary("prometheus"), require_binary("promtool")
+    from agent.report.promlocal import shared_server
+    from test_report_sla import partial_maintenance_day
+
+    day = partial_maintenance_day()
+    server = shared_server("partial-maintenance", day.write_openmetrics, prometheus, promtool)
+    sla = panels("sla")
+    expr = subst(sla["Phút gián đoạn 30 ngày theo hệ thống (downtime minutes, 15-minute resolution)"]["targets"][0]
+                 ["expr"])
+    down = by(api(server, "/api/v1/query", query=expr, time=day.period_end), "system")
+    # A (10:00-10:20, http-404 alone in maintenance) and D (18:00-18:10, 26068 all in maintenance):
+    # one 15-minute window each; B (every target in maintenance) is excluded
+    assert down[("motcua",)] == 30
+    grid_expr = panels("overview")["Trạng thái hiện tại: xã × hệ thống (status grid)"]["targets"][0]["expr"]
+    for at, want in ((day.at(16, 5), 0), (day.at(14, 10), 1), (day.at(10, 5), 4)):
+        grid = by(api(server, "/api/v1/query", query=grid_expr, time=at), "commune_code", "system")
+        assert {grid[(c, "motcua")] for c in day.communes} == {want}, (at, grid)

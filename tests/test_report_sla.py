@@ -307,3 +307,234 @@ def test_help_runs_as_console_command():
     proc = subprocess.run([sys.executable, "-m", "agent", "report", "sla", "--help"], capture_output=True, text=True,
                           cwd=ROOT)
     assert proc.returncode == 0 and "--prometheus" in proc.stdout and "--local" in proc.stdout
+
+
+# -- maintenance of some targets of a system (several targets per system) -------------------------
+
+MOTCUA3 = {"motcua-home": "motcua", "motcua-api": "motcua", "http-404": "motcua"}
+FOUR = ["26068", "26041", "26491", "26503"]
+
+
+def partial_maintenance_day():
+    """One day, 4 communes, motcua with 3 targets.  Ground truth for motcua (system, by quorum):
+    A 10:00-10:20 every target fails everywhere while http-404 alone is in maintenance 09:50-10:30:
+      down 20 (the other targets are not in maintenance);
+    B 14:00-14:30 every target in maintenance (maintenance page): maintenance 30;
+    C 16:00-16:15 http-404 fails in maintenance, the other targets are fine: up;
+    D 18:00-18:10 every target fails everywhere; at 26068 all of them are in maintenance: down 10
+      (26068's minutes are maintenance, the 3 other communes are the quorum)."""
+    import datetime as dt
+
+    from agent.report.synthetic import ERROR, Day
+
+    today = dt.datetime.now(accounting.LOCAL_TZ).date()
+    day = Day(today - dt.timedelta(days=3), FOUR, MOTCUA3)
+    day.set(day.at(10, 0), 20, MOTCUA3, outcome=ERROR)
+    day.set(day.at(9, 50), 40, ["http-404"], maintenance=True)
+    day.set(day.at(14, 0), 30, MOTCUA3, outcome=ERROR, reason="content", maintenance=True)
+    day.set(day.at(16, 0), 15, ["http-404"], outcome=ERROR, maintenance=True)
+    day.set(day.at(18, 0), 10, MOTCUA3, outcome=ERROR)
+    day.set(day.at(18, 0), 10, MOTCUA3, communes=["26068"], maintenance=True)
+    return day
+
+
+@pytest.fixture(scope="module")
+def partial_day_prom():
+    prometheus, promtool = require_binary("prometheus"), require_binary("promtool")
+    from agent.report.promlocal import shared_server
+
+    day = partial_maintenance_day()
+    return day, shared_server("partial-maintenance", day.write_openmetrics, prometheus, promtool)
+
+
+def test_prometheus_maintenance_of_one_target_does_not_hide_downtime(partial_day_prom, tmp_path):
+    day, server = partial_day_prom
+    out = tmp_path / "out"
+    d = local_date(day.period_start)
+    assert cli(["report", "sla", "--from", d, "--to", d, "--prometheus", server.url, "--out", str(out),
+                "--format", "json"]) == 0
+    rep = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    m = rep["systems"]["motcua"]
+    assert m["minutes"] == {"up": 1440 - 60, "down": 30, "maintenance": 30, "unknown": 0}
+    assert [(i["cause"], i["start"], i["minutes"]) for i in rep["incidents"]] == [
+        ("central", day.at(10, 0), 20), ("central", day.at(18, 0), 10)]
+    for c in FOUR:
+        got = rep["communes"][c]["systems"]["motcua"]["minutes"]
+        assert (got["down"], got["maintenance"]) == ((20, 40) if c == "26068" else (30, 30)), c
+
+
+def write_day_local(day, commune, tmp_path, silences=(), until=None):
+    """History of ``commune`` for ``day`` and its config; ``silences``: (start, end, matchers) of
+    maintenance silences written to alerts.db."""
+    data = tmp_path / f"data-{commune}"
+    day.write_history(commune, data / "history.db", until=until)
+    path = tmp_path / f"agent-{commune}.yaml"
+    path.write_text(day.agent_config(commune, data), encoding="utf-8")
+    if silences:
+        from alerts import db as adb
+
+        conn = adb.connect(adb.db_path(data))
+        for a, b, match in silences:
+            conn.execute("INSERT INTO silences (created_at, author, reason, starts_at, ends_at, matchers, maintenance) "
+                         "VALUES (?, 'test', 'bảo trì', ?, ?, ?, 1)", (a, a, b, json.dumps({"match": match})))
+        conn.close()
+    return path
+
+
+def test_local_maintenance_silence_on_one_target_does_not_hide_downtime(tmp_path):
+    day = partial_maintenance_day()
+    cfg = write_day_local(day, "26041", tmp_path, silences=[
+        (day.at(9, 50), day.at(10, 30), {"target": "http-404"}),
+        (day.at(14, 0), day.at(14, 30), {"system": "motcua"}),
+        (day.at(16, 0), day.at(16, 15), {"target": "http-404"})])
+    out = tmp_path / "out"
+    d = local_date(day.period_start)
+    assert cli(["report", "sla", "--from", d, "--to", d, "--local", "-c", str(cfg), "--out", str(out),
+                "--format", "json,html"]) == 0
+    rep = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert rep["systems"]["motcua"]["minutes"] == {"up": 1440 - 60, "down": 30, "maintenance": 30, "unknown": 0}
+    assert rep["communes"]["26041"]["systems"]["motcua"]["minutes"]["maintenance"] == 30
+    # the rule is stated in the report and in the docs
+    rule = "chỉ khi mọi mục tiêu"
+    assert any(rule in p for p in rep["method"]["text_vi"])
+    assert rule in (out / "sla-report.html").read_text(encoding="utf-8")
+    assert "only when all of its targets" in (ROOT / "docs" / "sla.md").read_text(encoding="utf-8")
+
+
+def test_maintenance_rule_on_hand_made_observations(tmp_path):
+    """localsource: the (commune, system) minute is maintenance only when every target observed in
+    it is in maintenance; otherwise the targets in maintenance are left out of the minute."""
+    import datetime as dt
+
+    from agent.report import localsource
+    from agent.report.synthetic import ERROR, Day
+
+    day = Day(dt.date(2026, 11, 2), ["26041"], {"a": "motcua", "b": "motcua"})
+    day.set(day.at(1, 0), 10, ["a"], outcome=ERROR)           # a fails, a in maintenance, b ok -> up
+    day.set(day.at(2, 0), 10, ["a", "b"], outcome=ERROR)      # both fail, a in maintenance -> down (b)
+    day.set(day.at(3, 0), 10, ["b"], outcome=0)               # only a probed, in maintenance -> maintenance
+    cfg = write_day_local(day, "26041", tmp_path, silences=[
+        (day.at(1, 0), day.at(4, 0), {"target": "a"})])
+    from agent.config import load_config
+
+    o = localsource.load(load_config(str(cfg)), day.period_start, day.period_end)
+    i = lambda h: (day.at(h, 0) - day.period_start) // 60  # noqa: E731
+    maint, codes = o.maint[("26041", "motcua")], o.codes[("26041", "motcua")]
+    assert not maint[i(1):i(3)].any() and codes[i(1):i(1) + 10].tolist() == [OK] * 10
+    assert codes[i(2):i(2) + 10].tolist() == [FAIL] * 10
+    assert maint[i(3):i(3) + 10].all() and int(maint.sum()) == 10  # only a, in maintenance, was probed
+
+
+# -- a one-day period whose last incident is still open ------------------------------------------
+
+def open_incident_day():
+    """One past day at 26491, data up to 23:24 (the report is cut while the day runs):
+    motcua fails 10:00-10:10 (recovered), 12:00-12:02 (a blip, too short to list) and from 23:20
+    (4 min so far, still failing: ongoing);
+    hotich is probed only 03:00-03:20 and fails (carried 5 min, then no data): 0 % experienced."""
+    import datetime as dt
+
+    from agent.report.synthetic import ERROR, Day
+
+    day = Day(dt.date(2026, 11, 3), ["26491"], {"motcua-home": "motcua", "hotich-home": "hotich"})
+    day.set(day.at(10, 0), 10, ["motcua-home"], outcome=ERROR)
+    day.set(day.at(12, 0), 2, ["motcua-home"], outcome=ERROR)  # a 2-minute blip: downtime, not an incident
+    day.set(day.at(23, 20), 40, ["motcua-home"], outcome=ERROR)
+    day.set(day.data_start, day.minutes, ["hotich-home"], outcome=0)
+    day.set(day.at(3, 0), 20, ["hotich-home"], outcome=ERROR)
+    return day
+
+
+def test_one_day_report_with_an_open_incident(tmp_path, capsys):
+    import warnings
+
+    day = open_incident_day()
+    cfg = write_day_local(day, "26491", tmp_path, until=day.at(23, 24))
+    out = tmp_path / "out"
+    d = local_date(day.period_start)
+    d2 = local_date(day.period_end)  # the next day: no data at all
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = cli(["report", "sla", "--from", d, "--to", d, "--local", "-c", str(cfg), "--out", str(out),
+                  "--format", "json,html,csv"])
+        rc2 = cli(["report", "sla", "--from", d2, "--to", d2, "--local", "-c", str(cfg), "--out",
+                   str(tmp_path / "out2"), "--format", "html"])
+    assert rc == rc2 == 0
+    assert [str(w.message) for w in caught] == []
+    assert capsys.readouterr().err == ""
+    assert "không có dữ liệu" in (tmp_path / "out2" / "sla-report.html").read_text(encoding="utf-8")
+    rep = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    m, h = rep["systems"]["motcua"], rep["systems"]["hotich"]
+    assert m["downtime_minutes"] == 16 and h["downtime_minutes"] == 25
+    # one incident list: the table's counts and MTTR come from it; an open incident has no recovery
+    got = [(i["systems"], i["start"], i["minutes"], i["ongoing"]) for i in rep["incidents"]]
+    assert got == [(["hotich"], day.at(3, 0), 25, True), (["motcua"], day.at(10, 0), 10, False),
+                   (["motcua"], day.at(23, 20), 4, True)]
+    assert (m["incidents"], m["incidents_ongoing"], m["mttr_minutes"]) == (2, 1, 10)
+    assert (h["incidents"], h["incidents_ongoing"], h["mttr_minutes"]) == (1, 1, None)
+    assert h["availability"] == 0.0 and rep["communes"]["26491"]["systems"]["hotich"]["availability"] == 0.0
+    html = (out / "sla-report.html").read_text(encoding="utf-8")
+    assert "Không có sự cố trong kỳ" not in html
+    rows = re.findall(r'<tr data-incident="[^"]+" data-cause="single" data-ongoing="(\d)">(.*?)</tr>', html, re.S)
+    assert [o for o, _ in rows] == ["1", "0", "1"]
+    assert all(("đang diễn ra" in r) == (o == "1") for o, r in rows)
+    assert "4 phút" in rows[2][1]
+    motcua_row = re.search(r'<tr data-system="motcua">(.*?)</tr>', html, re.S).group(1)
+    assert "10 phút" in motcua_row and "1 đang diễn ra" in motcua_row
+    with open(out / "incidents.csv", encoding="utf-8-sig") as fh:
+        assert [r["ongoing"] for r in csv.DictReader(fh)] == ["1", "0", "1"]
+
+
+def test_one_day_charts(tmp_path):
+    """Short periods: the daily charts span the period's days, not years; figure 4 draws a 0 %
+    cell; with no availability at all it says so instead of an empty chart; no numpy warning."""
+    import warnings
+
+    import matplotlib.dates as mdates
+
+    from agent.config import load_config
+    from agent.report import localsource, render
+
+    day = open_incident_day()
+    cfg = load_config(str(write_day_local(day, "26491", tmp_path, until=day.at(23, 24))))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rep = accounting.compute(localsource.load(cfg, day.period_start, day.period_end))
+        for fig in (render.daily_figure(rep), render.budget_figure(rep)):
+            lo, hi = (mdates.num2date(x) for x in fig.axes[0].get_xlim())
+            assert lo.date() >= local_date_obj(day.period_start - 86400)
+            assert hi.date() <= local_date_obj(day.period_end + 86400)
+        communes, systems, grid = render.commune_grid(rep)
+        assert grid[0][systems.index("hotich")] == 0.0
+        assert "chart-communes" in render.render_html(rep)
+        # the next day: no data at all
+        empty = accounting.compute(localsource.load(cfg, day.period_end, day.period_end + 86400))
+        html = render.render_html(empty)
+        assert 'id="chart-communes"' not in html and "không có dữ liệu" in html
+    assert [str(w.message) for w in caught] == []
+
+
+def local_date_obj(ts):
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts, accounting.LOCAL_TZ).date()
+
+
+def test_out_is_not_a_usable_directory(tmp_path, capsys):
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    for out in (afile, afile / "sub", "/proc/nope"):
+        rc = cli(["report", "sla", "--from", "2026-11-01", "--to", "2026-11-30", "--prometheus",
+                  "http://127.0.0.1:9", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 2, out
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and str(out) in err, err
+    # a file cannot be written once the data are in: one line too
+    day = open_incident_day()
+    cfg = write_day_local(day, "26491", tmp_path)
+    out = tmp_path / "out"
+    (out / "sla-report.html").mkdir(parents=True)
+    d = local_date(day.period_start)
+    assert cli(["report", "sla", "--from", d, "--to", d, "--local", "-c", str(cfg), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "sla-report.html" in err, err

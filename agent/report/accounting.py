@@ -6,13 +6,16 @@ The method (it is printed on the first page of every report, see :func:`method_t
 Time is cut into whole minutes (UTC minutes; the period is given as local dates in
 Asia/Ho_Chi_Minh).  For every commune *c*, system *s* and minute *m* the source gives an
 **observation** (:class:`Observations`): ``FAIL`` if any probe of any of *s*'s targets at *c*
-ended ``error`` or ``hang`` in *m* (worst of), else ``SLOW`` if any was ``slow``, else ``OK``;
-``NOPROBE`` if the agent was reporting but none of those targets was probed in *m* (the previous
-observation is carried forward for at most ``carry_minutes``, as an uptime checker holds the last
-state until the next check); ``UNKNOWN`` if the agent did not report at all (no data).  Whether
-*s* was in a declared maintenance window at *c* comes with it.  The commune's own link is the
-system ``uplink`` (targets with ``uplink: true``): it is **down** in *m* when its observation is
-``FAIL``, **healthy** when ``OK``/``SLOW``.
+not in maintenance ended ``error`` or ``hang`` in *m* (worst of), else ``SLOW`` if any was
+``slow``, else ``OK``; ``NOPROBE`` if the agent was reporting but none of those targets was probed
+in *m* (the previous observation is carried forward for at most ``carry_minutes``, as an uptime
+checker holds the last state until the next check); ``UNKNOWN`` if the agent did not report at
+all (no data).  Whether *s* was in maintenance at *c* comes with it: maintenance is declared per
+target, a target in maintenance is left out of the minute, and the (*c*, *s*) minute is
+maintenance only when every target of *s* observed at *c* in *m* is in maintenance (otherwise it
+is judged on the others).  The commune's own link is the system ``uplink`` (targets with
+``uplink: true``): it is **down** in *m* when its observation is ``FAIL``, **healthy** when
+``OK``/``SLOW``.
 
 Two indicators, never mixed:
 
@@ -37,9 +40,13 @@ incident listing several systems; from a single agent, ``--local``, such runs of
 ``min_local_minutes`` are listed as *undetermined*: one vantage point cannot tell central from
 local); runs of a commune's link down are **local — link** incidents;
 runs where one commune failed a system while the system was up (quorum) are **local** incidents
-(at least ``min_local_minutes`` long, to keep single failed probes out of the table).  MTTR is the
-mean duration (first failing minute to recovery) of a system's central incidents
-(SRE book ch. "Monitoring Distributed Systems"; the workbook calls it time to recover).
+(at least ``min_local_minutes`` long, to keep single failed probes out of the table).  An incident
+is **ongoing** when no recovery follows it in the period (no up minute, or no healthy link minute,
+after its last failing minute, e.g. the data end while it fails): it is always listed, with its
+duration so far.  The systems table counts the listed central incidents of each system, and MTTR is
+the mean duration (first failing minute to recovery) of those that recovered — an ongoing incident
+has no recovery (SRE book ch. "Monitoring Distributed Systems"; the workbook calls it time to
+recover).
 
 Error budget (SRE workbook ch. 2 "Implementing SLOs"): ``budget = (1 − objective) × (up + down)``
 minutes; ``used = down / budget``; ``remaining = 1 − used`` (negative when overspent).  Burn rate
@@ -154,7 +161,9 @@ class Observations:
         systems: ``{id: SystemMeta}`` of the systems reported (``uplink`` excluded).
         codes: ``{(commune, system): int8[minutes]}`` observation codes (system ``uplink``
             included when the commune has link checks).
-        maint: ``{(commune, system): bool[minutes]}`` maintenance declared at that commune.
+        maint: ``{(commune, system): bool[minutes]}`` the minutes in which every target of the
+            system observed at that commune was in maintenance (``codes`` then comes from those
+            targets; in the other minutes ``codes`` leaves the targets in maintenance out).
         source: ``"prometheus"`` or ``"local"``.
         notes: remarks on the data shown in the report (e.g. what the source cannot tell).
         alerts: :class:`AlertRecord` list.
@@ -191,9 +200,13 @@ class Incident:
     ongoing: bool = False
     timeline: list[tuple[int, str]] = dataclasses.field(default_factory=list)
     alerts: list[AlertRecord] = dataclasses.field(default_factory=list)
+    #: per system of a central (or single-vantage) incident: (start, end, ongoing), Unix seconds
+    spans: dict[str, tuple[int, int, bool]] = dataclasses.field(default_factory=dict)
 
     @property
     def minutes(self) -> int:
+        """Duration in minutes; for an ongoing incident, the duration so far (to its last
+        failing minute)."""
         return (self.end - self.start) // 60
 
 
@@ -213,6 +226,7 @@ class SystemResult:
     link_excluded_commune_minutes: int
     local_failure_commune_minutes: int
     daily: list[dict[str, Any]]
+    incidents_ongoing: int = 0
 
 
 @dataclasses.dataclass
@@ -365,12 +379,10 @@ def compute(obs: Observations, method: Method = Method(), now: float | None = No
         budget = (1 - meta.objective) * eligible
         sc = obs.success_counts.get(s, {})
         good_obs, slow_obs = sc.get("ok", 0) + sc.get("slow", 0), sc.get("slow", 0)
-        sys_runs = merge_runs(runs(cat == C_DOWN), method.merge_gap)
-        durations = [b - a for a, b in sys_runs]
         daily = _daily(obs.start, cat, meta.objective)
-        systems[s] = SystemResult(
+        systems[s] = SystemResult(  # incidents and MTTR: from the incident list, below
             meta=meta, minutes=counts, availability=_ratio(up, eligible), downtime_minutes=dn,
-            incidents=len(sys_runs), mttr_minutes=(sum(durations) / len(durations)) if durations else None,
+            incidents=0, mttr_minutes=None,
             slow_share=_ratio(slow_obs, good_obs), budget_minutes=budget,
             budget_used=_ratio(dn, budget), budget_remaining=(1 - dn / budget) if budget > 0 else None,
             burn_rate=(_ratio(dn, eligible) or 0.0) / (1 - meta.objective) if eligible else None,
@@ -405,7 +417,15 @@ def compute(obs: Observations, method: Method = Method(), now: float | None = No
     for i, r in enumerate(ranked, 1):
         r.rank = i
 
-    incidents = _incidents(obs, method, communes, codes, sys_cat, exp_cat, link_down, single)
+    incidents = _incidents(obs, method, communes, codes, sys_cat, exp_cat, link_down, link_healthy, single)
+    # the systems table counts the incidents listed, and MTTR is the mean time to recovery of
+    # those that recovered in the period (an ongoing incident has no recovery yet)
+    for s, r in systems.items():
+        spans = [i.spans[s] for i in incidents if s in i.spans]
+        done = [(b - a) / 60 for a, b, ongoing in spans if not ongoing]
+        r.incidents = len(spans)
+        r.incidents_ongoing = len(spans) - len(done)
+        r.mttr_minutes = sum(done) / len(done) if done else None
     return Report(period_start=obs.start, period_end=obs.start + 60 * n, method=method, source=obs.source,
                   notes=list(obs.notes), systems=systems, communes=commune_results, incidents=incidents,
                   notifications_available=obs.notifications_available,
@@ -433,9 +453,25 @@ def _daily(start: int, cat: np.ndarray, objective: float) -> list[dict[str, Any]
 
 def _incidents(obs: Observations, method: Method, communes: list[str], codes: dict[tuple[str, str], np.ndarray],
                sys_cat: dict[str, np.ndarray], exp_cat: dict[tuple[str, str], np.ndarray],
-               link_down: dict[str, np.ndarray], single: bool = False) -> list[Incident]:
+               link_down: dict[str, np.ndarray], link_healthy: dict[str, np.ndarray],
+               single: bool = False) -> list[Incident]:
+    """The incidents of the period (see the module docstring).  An incident is **ongoing** when no
+    recovery follows it in the period: no minute up (the system, or the commune's view of it) or
+    no healthy link minute (link incidents) after its last failing minute.  Ongoing incidents are
+    listed whatever their length so far (their length is not known yet)."""
     t = lambda i: obs.start + 60 * i  # noqa: E731
     n = obs.minutes
+
+    def recovered(ok: np.ndarray, b: int) -> bool:
+        return bool(np.any(ok[b:]))
+
+    def end_text(b: int, ok: bool, done: str, still: str) -> str:
+        if ok:
+            return done
+        if b >= n:
+            return still
+        return "chưa thấy hoạt động trở lại trong kỳ (recovery not observed in the period)"
+
     found: list[Incident] = []
     # central: per system, then merge overlapping ones across systems
     central: list[tuple[int, int, str]] = []
@@ -451,9 +487,14 @@ def _incidents(obs: Observations, method: Method, communes: list[str], codes: di
             groups.append([item])
     for g in groups:
         a, b = min(x[0] for x in g), max(x[1] for x in g)
-        if single and b - a < method.min_local_minutes:
-            continue  # one vantage point: a short failure cannot be told from a local blip
         systems = sorted({x[2] for x in g})
+        spans: dict[str, tuple[int, int, bool]] = {}
+        for s in systems:
+            sa, sb = min(x[0] for x in g if x[2] == s), max(x[1] for x in g if x[2] == s)
+            spans[s] = (t(sa), t(sb), not recovered(sys_cat[s] == C_UP, sb))
+        ongoing = any(v[2] for v in spans.values())
+        if single and b - a < method.min_local_minutes and not ongoing:
+            continue  # one vantage point: a short failure cannot be told from a local blip
         affected = sorted({c for c in communes for s in systems
                            if (c, s) in exp_cat and np.any(exp_cat[(c, s)][a:b] == C_DOWN)})
         down = sum(int(np.sum(sys_cat[s][a:b] == C_DOWN)) for s in systems)
@@ -463,54 +504,56 @@ def _incidents(obs: Observations, method: Method, communes: list[str], codes: di
             first = [c for c in seen if exp_cat[(c, s)][a] == C_DOWN]
             timeline.append((t(a), f"{s}: lỗi từ {len(first)}/{len(seen)} xã có đường truyền tốt "
                                    f"(failing from {len(first)}/{len(seen)} communes)"))
-            reasons = []
-            for c in seen:
-                col = codes[(c, s)][a:b]
-                reasons.append(int(np.sum(col == FAIL)))
             last_down = max(i for i in range(a, b) if sys_cat[s][i] == C_DOWN)
-            timeline.append((t(last_down + 1), f"{s}: hoạt động trở lại (recovered)"
-                             if last_down + 1 < n else f"{s}: vẫn gián đoạn ở cuối kỳ (still down at period end)"))
+            timeline.append((t(last_down + 1), end_text(last_down + 1, not spans[s][2],
+                                                        f"{s}: hoạt động trở lại (recovered)",
+                                                        f"{s}: vẫn gián đoạn ở cuối kỳ (still down at period end)")))
         found.append(Incident(id="", cause="single" if single else "central", systems=systems, communes=affected,
-                              start=t(a), end=t(b),
-                              down_minutes=down, ongoing=b >= n, timeline=sorted(timeline)))
+                              start=t(a), end=t(b), down_minutes=down, ongoing=ongoing, timeline=sorted(timeline),
+                              spans=spans))
     # local: link
     for c in communes:
         for a, b in merge_runs(runs(link_down[c]), method.merge_gap):
-            if b - a < method.min_local_minutes:
+            ongoing = not recovered(link_healthy[c], b)
+            if b - a < method.min_local_minutes and not ongoing:
                 continue
             systems = sorted(s for s in obs.systems if (c, s) in exp_cat)
             found.append(Incident(id="", cause="local-link", systems=systems, communes=[c], start=t(a), end=t(b),
-                                  down_minutes=int(np.sum(link_down[c][a:b])), ongoing=b >= n,
+                                  down_minutes=int(np.sum(link_down[c][a:b])), ongoing=ongoing,
                                   timeline=[(t(a), "đường truyền của xã mất kết nối (commune link down)"),
-                                            (t(b), "đường truyền hoạt động trở lại (link restored)"
-                                             if b < n else "vẫn mất kết nối ở cuối kỳ (still down)")]))
+                                            (t(b), end_text(b, not ongoing,
+                                                            "đường truyền hoạt động trở lại (link restored)",
+                                                            "vẫn mất kết nối ở cuối kỳ (still down)"))]))
     # local: commune-specific failures while the system was up
     for c in communes:
-        spans: list[tuple[int, int, str]] = []
+        spans_c: list[tuple[int, int, str, bool]] = []
         for s in obs.systems:
             e = exp_cat.get((c, s))
             if e is None:
                 continue
             mask = (e == C_DOWN) & (sys_cat[s] == C_UP)
             for a, b in merge_runs(runs(mask), method.merge_gap):
-                if b - a >= method.min_local_minutes:
-                    spans.append((a, b, s))
-        spans.sort()
-        merged: list[list[tuple[int, int, str]]] = []
-        for item in spans:
+                ongoing = not recovered(e == C_UP, b)
+                if b - a >= method.min_local_minutes or ongoing:
+                    spans_c.append((a, b, s, ongoing))
+        spans_c.sort()
+        merged: list[list[tuple[int, int, str, bool]]] = []
+        for item in spans_c:
             if merged and item[0] < max(x[1] for x in merged[-1]):
                 merged[-1].append(item)
             else:
                 merged.append([item])
-        for g in merged:
-            a, b = min(x[0] for x in g), max(x[1] for x in g)
-            systems = sorted({x[2] for x in g})
+        for g2 in merged:
+            a, b = min(x[0] for x in g2), max(x[1] for x in g2)
+            systems = sorted({x[2] for x in g2})
+            ongoing = any(x[3] for x in g2)
             found.append(Incident(id="", cause="local", systems=systems, communes=[c], start=t(a), end=t(b),
                                   down_minutes=sum(int(np.sum(exp_cat[(c, s)][a:b] == C_DOWN)) for s in systems),
-                                  ongoing=b >= n,
+                                  ongoing=ongoing,
                                   timeline=[(t(a), "lỗi chỉ ở xã này, hệ thống vẫn hoạt động ở các xã khác "
                                                    "(failing from this commune only)"),
-                                            (t(b), "hết lỗi (recovered)" if b < n else "vẫn lỗi ở cuối kỳ")]))
+                                            (t(b), end_text(b, not ongoing, "hết lỗi (recovered)",
+                                                            "vẫn lỗi ở cuối kỳ (still failing at period end)"))]))
     found.sort(key=lambda i: (i.start, i.cause, i.systems, i.communes))
     for k, inc in enumerate(found, 1):
         inc.id = f"SC-{dt.datetime.fromtimestamp(obs.start, LOCAL_TZ):%Y%m}-{k:03d}"
@@ -554,11 +597,20 @@ def method_text(method: Method, single_vantage: bool = False) -> list[str]:
         "Thời gian bảo trì đã thông báo (maintenance), thời gian không rõ (unknown, không có dữ liệu) và thời "
         "gian mất đường truyền của xã được nêu riêng, không bị tính là hoạt động cũng như không bị tính là "
         "gián đoạn của hệ thống.",
+        "Bảo trì được xét theo từng mục tiêu đo: mục tiêu đang bảo trì bị loại khỏi phút đó. Một phút của hệ "
+        "thống tại một xã là BẢO TRÌ chỉ khi mọi mục tiêu của hệ thống được đo trong phút đó đều đang bảo trì; "
+        "nếu không, phút đó được đánh giá theo các mục tiêu không bảo trì (maintenance is per target: the "
+        "minute is maintenance only when all of the system's targets observed in it are in maintenance, "
+        "otherwise it is judged on the other targets). Phút của hệ thống là bảo trì khi ít nhất một nửa số "
+        "xã có dữ liệu ở trạng thái bảo trì như vậy.",
         "Ngân sách lỗi (error budget, SRE workbook ch. 2) = (1 − mục tiêu) × số phút đã biết; tốc độ tiêu "
         "hao (burn rate, SRE workbook ch. 5) = tỷ lệ phút gián đoạn / (1 − mục tiêu).",
         f"Sự cố: chuỗi phút gián đoạn liên tiếp (gộp khi cách nhau ≤ {method.merge_gap} phút). Sự cố TRUNG TÂM "
         "khi hệ thống gián đoạn theo quorum; TẠI XÃ khi chỉ một xã bị lỗi hoặc mất đường truyền "
-        f"(bảng chỉ liệt kê sự cố tại xã từ {method.min_local_minutes} phút).",
+        f"(bảng chỉ liệt kê sự cố tại xã từ {method.min_local_minutes} phút). Sự cố ĐANG DIỄN RA (ongoing) khi "
+        "trong kỳ không còn phút hoạt động bình thường nào sau nó: thời lượng tính đến phút lỗi cuối cùng, "
+        "luôn được liệt kê, và không tính vào MTTR (thời gian khôi phục trung bình của các sự cố đã kết thúc). "
+        "Số sự cố và MTTR trong bảng hệ thống lấy từ chính danh sách sự cố ở mục 3.",
     ]
     if single_vantage:
         out.append("Báo cáo này lập từ lịch sử của MỘT agent (--local): không thể lập quorum nhiều xã, nên "

@@ -7,7 +7,9 @@
   when ``uplink: true`` or ``system: uplink``; ``host`` targets are not services).
 * Maintenance: the config's ``alerting.maintenance`` windows (:class:`alerts.maintenance.
   MaintenanceSchedule`, matched per target) and silences created with ``maintenance`` in
-  ``<data_dir>/alerts.db``.
+  ``<data_dir>/alerts.db``.  A target in maintenance is left out of the minute; the (commune,
+  system) minute is maintenance only when every target of the system probed in that minute is in
+  maintenance (every configured target when none was probed).
 * Incidents and who was notified when: ``alerts.db`` tables ``incidents``, ``incident_units``,
   ``messages`` and ``deliveries`` (the outbox); channels appear as their scheme and fingerprint,
   never as the URL.
@@ -89,37 +91,50 @@ def load(config: Any, start: int, end: int) -> Observations:
             present[m] = True
             per_target.setdefault(target, {})[m] = (bad, slow)
     systems_used = sorted({s for s in tsys.values() if s})
-    codes: dict[tuple[str, str], np.ndarray] = {}
-    for s in systems_used:
-        arr = np.where(present, NOPROBE, UNKNOWN).astype(np.int8)
-        for t, sys_id in tsys.items():
-            if sys_id != s:
-                continue
-            for m, (bad, slow) in per_target.get(t, {}).items():
-                code = FAIL if bad else (SLOW if slow else OK)
-                if arr[m] in (NOPROBE, UNKNOWN) or code > arr[m]:
-                    arr[m] = code
-        codes[(commune, s)] = arr
 
-    # maintenance: config windows and maintenance silences, per target -> per system
+    # maintenance per target: the config's windows and maintenance silences
     from alerts.maintenance import MaintenanceSchedule
 
     tz = config.agent.timezone
     schedule = MaintenanceSchedule(config.alerting.maintenance, tz) if hasattr(config.alerting, "maintenance") \
         else None
     silences = _maintenance_silences(data_dir)
-    maint: dict[tuple[str, str], np.ndarray] = {}
+    target_maint: dict[str, np.ndarray] = {}
     for t in config.targets:
-        s = tsys.get(t.id)
-        if not s:
+        if not tsys.get(t.id):
             continue
         facts = {"target": t.id, "system": t.system, "owner": config.owner_of(t), "commune": commune,
                  "kind": None, "severity": None, "cause": None, "outcome": None}
         windows = [(w.start, w.end) for w in (schedule.occurrences(start, end, facts) if schedule else [])]
         windows += [(max(a, start), min(b, end)) for a, b, m in silences if m.matches(facts) and a < end and b > start]
+        arr = target_maint[t.id] = np.zeros(n, bool)
         for a, b in windows:
-            arr = maint.setdefault((commune, s), np.zeros(n, bool))
             arr[int((a - start) // 60):int(-(-(b - start) // 60))] = True
+
+    codes: dict[tuple[str, str], np.ndarray] = {}
+    maint: dict[tuple[str, str], np.ndarray] = {}
+    for s in systems_used:
+        targets = [t for t, sys_id in tsys.items() if sys_id == s]
+        # worst observation of the targets NOT in maintenance, and of those in maintenance (0 = none)
+        active = np.zeros(n, np.int8)
+        in_maint = np.zeros(n, np.int8)
+        all_maint = np.ones(n, bool)  # every configured target of s in maintenance
+        for t in targets:
+            tm = target_maint.get(t, np.zeros(n, bool))
+            all_maint &= tm
+            for m, (bad, slow) in per_target.get(t, {}).items():
+                code = FAIL if bad else (SLOW if slow else OK)
+                dest = in_maint if tm[m] else active
+                dest[m] = max(dest[m], code)
+        # the minute is maintenance only when every target observed in it is in maintenance (or,
+        # when none was probed, every target of the system); otherwise the targets in maintenance
+        # are left out and the minute is judged on the others
+        is_maint = (active == 0) & ((in_maint > 0) | all_maint)
+        arr = np.where(present, NOPROBE, UNKNOWN).astype(np.int8)
+        arr = np.where(active > 0, active, np.where(in_maint > 0, in_maint, arr)).astype(np.int8)
+        codes[(commune, s)] = arr
+        if is_maint.any():
+            maint[(commune, s)] = is_maint
 
     success: dict[str, dict[str, int]] = {}
     for target, outcome, cnt in counts:

@@ -194,3 +194,42 @@ def shared_month(prometheus: str = "prometheus", promtool: str = "promtool") -> 
 
         atexit.register(cleanup)
     return _SHARED["month"], _SHARED["server"]
+
+
+def shared_server(key: str, write: Any, prometheus: str = "prometheus",
+                  promtool: str = "promtool") -> PrometheusServer:
+    """A Prometheus serving a small backfilled data set, built once per process under ``key``
+    (tests share it); stopped and deleted at interpreter exit.
+
+    Args:
+        key: cache key (one server per key).
+        write: ``write(fh)`` writes the OpenMetrics text (ending in ``# EOF``), e.g.
+            :meth:`agent.report.synthetic.Day.write_openmetrics`.
+
+    Raises:
+        PromToolError: promtool or prometheus failed.
+    """
+    servers = _SHARED.setdefault("small", {})
+    if key not in servers:
+        import atexit
+
+        tmp = tempfile.mkdtemp(prefix="hcc-small-")
+        src = os.path.join(tmp, "data.om")
+        with open(src, "w", encoding="utf-8", buffering=1 << 20) as fh:
+            write(fh)
+        data = os.path.join(tmp, "data")
+        proc = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", "--max-block-duration=8760h",
+                               src, data], capture_output=True, text=True)
+        os.unlink(src)
+        if proc.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise PromToolError(f"promtool failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        server = PrometheusServer(data, binary=prometheus).start()
+        servers[key] = server
+
+        def cleanup() -> None:
+            server.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+        atexit.register(cleanup)
+    return servers[key]

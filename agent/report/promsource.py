@@ -17,7 +17,9 @@ so only small, mostly sparse, answers travel:
   cannot be computed — no sample in it, or none in the minute before — is **unknown**: a counter
   difference across a scrape gap cannot be split into minutes, so a gap of *N* minutes gives
   *N* + 1 unknown minutes here (the agent's own history, ``--local``, gives *N*).
-* maintenance per commune and system from ``hcc_sentinel_target_state{state="maintenance"}``.
+* maintenance per commune and system from ``hcc_sentinel_target_state{state="maintenance"}``:
+  a target in maintenance is left out of the minute (its failures do not count); the minute is
+  maintenance only when every target of the system probed in it is in maintenance.
 * firing intervals of alerts from ``ALERTS{alertstate="firing"}``.  Who was notified and when is
   Alertmanager's business and is not in Prometheus: the report says so.
 
@@ -62,13 +64,18 @@ def presence_query() -> str:
     return f"count by (commune_code) (({now}) - ({prev}) >= 0)"
 
 
+#: targets in maintenance in the minute ``(T−60 s, T]`` (one series per agent and target)
+_MAINT_T = 'last_over_time(hcc_sentinel_target_state{state="maintenance"}[1m]) == 1'
+
+
 def failures_query() -> str:
     """PromQL: per ``(commune_code, system, outcome)`` and minute, the number of ``error`` and
-    ``hang`` probes, only where > 0 (sparse).  A series born in the minute counts
-    from zero; a reset counts as zero (such a minute is unknown by :func:`presence_query`).
-    Plain selectors (cheap): minutes without fresh samples are masked by the presence."""
+    ``hang`` probes of the targets NOT in maintenance in that minute, only where > 0 (sparse).
+    A series born in the minute counts from zero; a reset counts as zero (such a minute is
+    unknown by :func:`presence_query`).  Plain selectors (cheap): minutes without fresh samples
+    are masked by the presence."""
     sel = f'{_C}{{outcome=~"error|hang"}}'
-    delta = f"({sel} - ({sel} offset 1m or {sel} * 0) > 0)"
+    delta = f"(({sel} - ({sel} offset 1m or {sel} * 0) > 0) unless on (agent_id, target) ({_MAINT_T}))"
     return f"sum by (commune_code, system, outcome) ({delta} * on (agent_id, target) group_left (system) {_INFO})"
 
 
@@ -87,9 +94,21 @@ def configured_query() -> str:
 
 
 def maintenance_query() -> str:
-    """PromQL: 1 per ``(commune_code, system)`` and minute declared as maintenance (sparse)."""
-    return ('max by (commune_code, system) (last_over_time(hcc_sentinel_target_state{state="maintenance"}[1m]) '
-            f'* on (agent_id, target) group_left (system) {_INFO}) == 1')
+    """PromQL: 1 per ``(commune_code, system)`` and minute that is maintenance (sparse): every
+    target of the system probed in the minute (its counters moved) is in maintenance, or, when
+    none was probed, every target of the system is.  A minute with a probed target not in
+    maintenance is not maintenance: :func:`failures_query` judges it on those targets."""
+    by_t = "sum by (commune_code, agent_id, target)"
+    now = f"{by_t} (last_over_time({_C}[1m]))"
+    probed = f"(({now}) - (({by_t} (last_over_time({_C}[1m] offset 1m))) or ({now}) * 0) > 0)"
+    join = f"* on (agent_id, target) group_left (system) {_INFO}"
+    cs = "on (commune_code, system)"
+    in_maint = f"group by (commune_code, system) ((({_MAINT_T}) and on (agent_id, target) {probed}) {join})"
+    active = f"group by (commune_code, system) (({probed} unless on (agent_id, target) ({_MAINT_T})) {join})"
+    all_maint = (f"(min by (commune_code, system) (last_over_time(hcc_sentinel_target_state"
+                 f'{{state="maintenance"}}[1m]) {join}) == 1)')
+    any_probed = f"group by (commune_code, system) ({probed} {join})"
+    return f"(({in_maint}) unless {cs} ({active})) or (({all_maint}) unless {cs} ({any_probed}))"
 
 
 ALERTS_QUERY = 'ALERTS{alertstate="firing"}'

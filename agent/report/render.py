@@ -90,6 +90,7 @@ def to_dict(report: Report) -> dict[str, Any]:
         "systems": {s: {"name": r.meta.name, "name_en": r.meta.name_en, "owner": r.meta.owner,
                         "objective": r.meta.objective, "availability": r.availability, "minutes": r.minutes,
                         "downtime_minutes": r.downtime_minutes, "incidents": r.incidents,
+                        "incidents_ongoing": r.incidents_ongoing,
                         "mttr_minutes": r.mttr_minutes, "slow_share": r.slow_share,
                         "error_budget_minutes": r.budget_minutes, "error_budget_used": r.budget_used,
                         "error_budget_remaining": r.budget_remaining, "burn_rate": r.burn_rate,
@@ -102,6 +103,7 @@ def to_dict(report: Report) -> dict[str, Any]:
         "incidents": [{"id": i.id, "cause": i.cause, "systems": i.systems, "communes": i.communes,
                        "start": i.start, "end": i.end, "start_local": iso(i.start), "end_local": iso(i.end),
                        "minutes": i.minutes, "down_minutes": i.down_minutes, "ongoing": i.ongoing,
+                       "system_spans": {k: {"start": a, "end": b, "ongoing": o} for k, (a, b, o) in i.spans.items()},
                        "timeline": [{"at": t, "at_local": iso(t), "text": x} for t, x in i.timeline],
                        "alerts": [{"name": a.name, "start": a.start, "end": a.end, "labels": a.labels,
                                    "source": a.source, "notifications": a.notifications} for a in i.alerts]}
@@ -124,11 +126,11 @@ def write_csv(report: Report, out_dir: Path) -> list[Path]:
     w("systems.csv",
       ["system", "name", "objective", "availability", "up_minutes", "down_minutes", "maintenance_minutes",
        "unknown_minutes", "incidents", "mttr_minutes", "slow_share", "error_budget_minutes", "error_budget_used",
-       "error_budget_remaining", "burn_rate", "link_excluded_commune_minutes"],
+       "error_budget_remaining", "burn_rate", "link_excluded_commune_minutes", "incidents_ongoing"],
       [[s, r.meta.name, r.meta.objective, _f(r.availability), r.minutes["up"], r.minutes["down"],
         r.minutes["maintenance"], r.minutes["unknown"], r.incidents, _f(r.mttr_minutes), _f(r.slow_share),
         _f(r.budget_minutes), _f(r.budget_used), _f(r.budget_remaining), _f(r.burn_rate),
-        r.link_excluded_commune_minutes] for s, r in report.systems.items()])
+        r.link_excluded_commune_minutes, r.incidents_ongoing] for s, r in report.systems.items()])
     rows = []
     for c, r in sorted(report.communes.items(), key=lambda kv: kv[1].rank):
         for s, v in r.systems.items():
@@ -138,9 +140,10 @@ def write_csv(report: Report, out_dir: Path) -> list[Path]:
     w("communes.csv", ["rank", "commune_code", "commune_name", "system", "experienced_availability", "up_minutes",
                        "down_minutes", "link_down_minutes", "maintenance_minutes", "unknown_minutes",
                        "commune_link_down_minutes", "commune_link_outages"], rows)
-    w("incidents.csv", ["id", "cause", "start_local", "end_local", "minutes", "down_minutes", "systems", "communes"],
+    w("incidents.csv", ["id", "cause", "start_local", "end_local", "minutes", "down_minutes", "systems", "communes",
+                        "ongoing"],
       [[i.id, i.cause, local_time(i.start, "%Y-%m-%d %H:%M"), local_time(i.end, "%Y-%m-%d %H:%M"), i.minutes,
-        i.down_minutes, ";".join(i.systems), ";".join(i.communes)] for i in report.incidents])
+        i.down_minutes, ";".join(i.systems), ";".join(i.communes), int(i.ongoing)] for i in report.incidents])
     return paths
 
 
@@ -161,82 +164,153 @@ def _svg(fig: Any) -> str:
     return re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
 
 
-def charts(report: Report) -> dict[str, str]:
-    """Inline SVG charts: ``availability`` (per system vs objective), ``daily`` (daily availability
-    per system), ``budget`` (error budget consumed over the period), ``communes`` (experienced
-    availability, communes × systems)."""
+def _short(name: str) -> str:
+    return name if len(name) <= 28 else name[:26] + "…"
+
+
+def _setup_matplotlib() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams.update({"svg.fonttype": "path", "font.family": "DejaVu Sans", "font.size": 8})
+
+
+def _date_axis(ax: Any, report: Report) -> None:
+    """The x axis of a per-day chart: exactly the period's days (half a day of margin), one tick
+    a day up to ~10 ticks.  Without explicit limits matplotlib widens a one-day series to years."""
+    import matplotlib.dates as mdates
+
+    first = dt.date.fromisoformat(local_time(report.period_start, "%Y-%m-%d"))
+    last = dt.date.fromisoformat(local_time(report.period_end - 1, "%Y-%m-%d"))
+    days = (last - first).days + 1
+    ax.set_xlim(mdates.date2num(first) - 0.5, mdates.date2num(last) + 0.5)
+    step = max(1, -(-days // 10))
+    ax.set_xticks([mdates.date2num(first + dt.timedelta(days=k)) for k in range(0, days, step)])
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%d/%m"))
+
+
+def availability_figure(report: Report) -> Any:
+    """Figure 1: availability per system against its objective (no bar when unknown)."""
+    _setup_matplotlib()
     import matplotlib.pyplot as plt
     import numpy as np
 
-    matplotlib.rcParams.update({"svg.fonttype": "path", "font.family": "DejaVu Sans", "font.size": 8})
-    out: dict[str, str] = {}
     systems = list(report.systems.values())
-    if not systems:
-        return out
-    names = [r.meta.name if len(r.meta.name) <= 28 else r.meta.name[:26] + "…" for r in systems]
-    # 1. availability vs objective
     fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(systems) + 1.0))
     y = np.arange(len(systems))
-    av = [100 * (r.availability if r.availability is not None else 0) for r in systems]
+    av = [100 * r.availability if r.availability is not None else None for r in systems]
     ob = [100 * r.meta.objective for r in systems]
-    lo = min(av + ob) - 0.5
+    lo = min([a for a in av if a is not None] + ob) - 0.5
     colors = ["#2e7d32" if (r.availability or 0) >= r.meta.objective else "#c62828" for r in systems]
-    ax.barh(y, [a - lo for a in av], left=lo, color=colors, height=0.55, label="Khả dụng (availability)")
+    ax.barh(y, [a - lo if a is not None else 0 for a in av], left=lo, color=colors, height=0.55,
+            label="Khả dụng (availability)")
     ax.scatter(ob, y, marker="|", s=400, color="black", label="Mục tiêu (objective)", zorder=3)
     for yi, a in zip(y, av):
-        ax.text(a, yi, f" {a:.3f}%".replace(".", ","), va="center", fontsize=7)
-    ax.set_yticks(y, names)
+        text = f" {a:.3f}%".replace(".", ",") if a is not None else " không có dữ liệu (no data)"
+        ax.text(a if a is not None else lo, yi, text, va="center", fontsize=7)
+    ax.set_yticks(y, [_short(r.meta.name) for r in systems])
     ax.invert_yaxis()
     ax.set_xlim(lo, 100.3)
     ax.set_xlabel("%")
     ax.set_title("Khả dụng của hệ thống so với mục tiêu (System availability vs objective)")
     ax.legend(loc="lower left", fontsize=7)
-    out["availability"] = _svg(fig)
-    # 2. daily availability
+    return fig
+
+
+def daily_figure(report: Report) -> Any:
+    """Figure 2: daily availability per system (days without known minutes are gaps)."""
+    _setup_matplotlib()
+    import matplotlib.pyplot as plt
+    import numpy as np
+
     fig, ax = plt.subplots(figsize=(7.0, 2.6))
-    for r, name in zip(systems, names):
+    for r in report.systems.values():
         xs = [dt.date.fromisoformat(d["date"]) for d in r.daily]
         ys = [100 * d["availability"] if d["availability"] is not None else np.nan for d in r.daily]
-        ax.plot(xs, ys, marker=".", linewidth=1, label=name)
+        ax.plot(xs, ys, marker=".", linewidth=1, label=_short(r.meta.name))
+    _date_axis(ax, report)
     ax.set_ylabel("%")
     ax.set_title("Khả dụng theo ngày (daily availability)")
     ax.legend(fontsize=6, ncol=2)
     fig.autofmt_xdate()
-    out["daily"] = _svg(fig)
-    # 3. error budget consumed, cumulative
+    return fig
+
+
+def budget_figure(report: Report) -> Any:
+    """Figure 3: error budget consumed, cumulative per day."""
+    _setup_matplotlib()
+    import matplotlib.pyplot as plt
+    import numpy as np
+
     fig, ax = plt.subplots(figsize=(7.0, 2.6))
-    for r, name in zip(systems, names):
+    for r in report.systems.values():
         xs = [dt.date.fromisoformat(d["date"]) for d in r.daily]
         down = np.cumsum([d["down"] for d in r.daily])
         eligible_total = max(1, r.minutes["up"] + r.minutes["down"])
         budget = (1 - r.meta.objective) * eligible_total
-        ax.plot(xs, 100 * down / budget if budget else down * 0, linewidth=1.2, label=name)
+        ax.plot(xs, 100 * down / budget if budget else down * 0, marker=".", linewidth=1.2,
+                label=_short(r.meta.name))
+    _date_axis(ax, report)
     ax.axhline(100, color="#c62828", linewidth=0.8, linestyle="--")
     ax.set_ylabel("% ngân sách lỗi đã dùng")
     ax.set_title("Ngân sách lỗi đã tiêu hao, luỹ kế (error budget consumed)")
     ax.legend(fontsize=6, ncol=2)
     fig.autofmt_xdate()
-    out["budget"] = _svg(fig)
-    # 4. communes x systems
+    return fig
+
+
+def commune_grid(report: Report) -> tuple[list[Any], list[str], Any]:
+    """Figure 4's data: communes (ranked), system ids, and experienced availability in % as a
+    float array (NaN where unknown; 0 % is a value, not a gap)."""
+    import numpy as np
+
     communes = sorted(report.communes.values(), key=lambda r: r.rank)
-    if communes:
-        sys_ids = list(report.systems)
-        grid = np.array([[100 * (c.systems.get(s, {}).get("availability") or np.nan) for s in sys_ids]
-                         for c in communes])
-        fig, ax = plt.subplots(figsize=(7.0, 0.3 * len(communes) + 1.4))
-        im = ax.imshow(grid, aspect="auto", cmap="RdYlGn", vmin=min(99.0, np.nanmin(grid)) if grid.size else 99,
-                       vmax=100)
-        ax.set_xticks(range(len(sys_ids)), [s for s in sys_ids], rotation=0)
-        ax.set_yticks(range(len(communes)), [c.meta.name for c in communes])
-        for i in range(grid.shape[0]):
-            for j in range(grid.shape[1]):
-                if not np.isnan(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.2f}".replace(".", ","), ha="center", va="center", fontsize=6)
-        fig.colorbar(im, ax=ax, label="%")
-        ax.set_title("Khả dụng thực tế tại từng xã (experienced availability, link included)")
+    sys_ids = list(report.systems)
+    grid = np.full((len(communes), len(sys_ids)), np.nan)
+    for i, c in enumerate(communes):
+        for j, s in enumerate(sys_ids):
+            a = c.systems.get(s, {}).get("availability")
+            if a is not None:
+                grid[i, j] = 100 * a
+    return communes, sys_ids, grid
+
+
+def communes_figure(report: Report) -> Any | None:
+    """Figure 4: experienced availability, communes × systems; ``None`` when no cell has a value
+    (the HTML then says there is no data instead of drawing an empty chart)."""
+    import numpy as np
+
+    communes, sys_ids, grid = commune_grid(report)
+    if not grid.size or not np.isfinite(grid).any():
+        return None
+    _setup_matplotlib()
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 0.3 * len(communes) + 1.4))
+    im = ax.imshow(grid, aspect="auto", cmap="RdYlGn", vmin=min(99.0, float(np.nanmin(grid))), vmax=100)
+    ax.set_xticks(range(len(sys_ids)), [s for s in sys_ids], rotation=0)
+    ax.set_yticks(range(len(communes)), [c.meta.name for c in communes])
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.2f}".replace(".", ","), ha="center", va="center", fontsize=6)
+    fig.colorbar(im, ax=ax, label="%")
+    ax.set_title("Khả dụng thực tế tại từng xã (experienced availability, link included)")
+    return fig
+
+
+def charts(report: Report) -> dict[str, str]:
+    """Inline SVG charts: ``availability`` (per system vs objective), ``daily`` (daily availability
+    per system), ``budget`` (error budget consumed over the period), ``communes`` (experienced
+    availability, communes × systems; absent when no commune has a value)."""
+    out: dict[str, str] = {}
+    if not report.systems:
+        return out
+    out["availability"] = _svg(availability_figure(report))
+    out["daily"] = _svg(daily_figure(report))
+    out["budget"] = _svg(budget_figure(report))
+    fig = communes_figure(report) if report.communes else None
+    if fig is not None:
         out["communes"] = _svg(fig)
     return out
 
@@ -275,6 +349,8 @@ section.incident { break-before: page; page-break-before: always; }
 .sign { margin-top: 10mm; display: flex; justify-content: space-between; }
 .notes li { margin: 1mm 0; }
 .cause-central { color: #b71c1c; font-weight: bold; }
+.ongoing { color: #b71c1c; font-weight: bold; }
+.nodata { border: 1px dashed #999; padding: 2mm 3mm; color: #444; }
 </style>
 </head>
 <body>
@@ -304,7 +380,7 @@ sự cố tại xã liệt kê từ {{ m.min_local_minutes }} phút.</p>
 {% for s in systems %}<tr data-system="{{ s.id }}">
 <td>{{ s.name }}<br><span class="en">{{ s.name_en }}</span></td><td class="n">{{ s.objective }}</td>
 <td class="n {{ 'good' if s.met else 'bad' }}">{{ s.availability }}</td><td class="n">{{ s.down }} phút</td>
-<td class="n">{{ s.incidents }}</td><td class="n">{{ s.mttr }}</td><td class="n">{{ s.slow }}</td>
+<td class="n">{{ s.incidents }}{% if s.ongoing %}<br><span class="ongoing">({{ s.ongoing }} đang diễn ra)</span>{% endif %}</td><td class="n">{{ s.mttr }}</td><td class="n">{{ s.slow }}</td>
 <td class="n">{{ s.budget_used }} / {{ s.budget_left }}</td><td class="n">{{ s.burn }}</td></tr>
 {% endfor %}</tbody></table>
 <table id="excluded-table">
@@ -316,14 +392,14 @@ sự cố tại xã liệt kê từ {{ m.min_local_minutes }} phút.</p>
 {% for s in systems %}<tr data-system="{{ s.id }}"><td>{{ s.name }}</td><td class="n">{{ s.maint }} phút</td>
 <td class="n">{{ s.unknown }} phút</td><td class="n">{{ s.link_excluded }}</td><td class="n">{{ s.local_fail }}</td></tr>
 {% endfor %}</tbody></table>
-{% if charts.availability %}<figure class="chart" id="chart-availability">{{ charts.availability|safe }}
+{% if charts.get('availability') %}<figure class="chart" id="chart-availability">{{ charts.availability|safe }}
 <figcaption>Hình 1. Khả dụng so với mục tiêu.</figcaption></figure>{% endif %}
 </section>
 
 <section id="trends">
-{% if charts.daily %}<figure class="chart" id="chart-daily">{{ charts.daily|safe }}
+{% if charts.get('daily') %}<figure class="chart" id="chart-daily">{{ charts.daily|safe }}
 <figcaption>Hình 2. Khả dụng theo ngày (phút bảo trì và không rõ không tính).</figcaption></figure>{% endif %}
-{% if charts.budget %}<figure class="chart" id="chart-budget">{{ charts.budget|safe }}
+{% if charts.get('budget') %}<figure class="chart" id="chart-budget">{{ charts.budget|safe }}
 <figcaption>Hình 3. Ngân sách lỗi đã dùng, luỹ kế; vạch đỏ = 100 %.</figcaption></figure>{% endif %}
 </section>
 
@@ -339,8 +415,10 @@ sự cố tại xã liệt kê từ {{ m.min_local_minutes }} phút.</p>
 <td class="n">{{ c.link_outages }} lần, {{ c.link_minutes }} phút</td><td class="n">{{ c.unknown }} phút</td></tr>
 {% endfor %}</tbody></table>
 <p>Xếp hạng từ thấp đến cao theo khả dụng trung bình các hệ thống <span class="en">(ranked worst first)</span>.</p>
-{% if charts.communes %}<figure class="chart" id="chart-communes">{{ charts.communes|safe }}
-<figcaption>Hình 4. Khả dụng thực tế tại từng xã theo hệ thống.</figcaption></figure>{% endif %}
+{% if charts.get('communes') %}<figure class="chart" id="chart-communes">{{ charts.communes|safe }}
+<figcaption>Hình 4. Khả dụng thực tế tại từng xã theo hệ thống.</figcaption></figure>
+{% elif communes %}<p class="nodata" id="chart-communes-nodata">Hình 4. Khả dụng thực tế tại từng xã theo hệ thống:
+không có dữ liệu <span class="en">(no data: no minute up, down or with the link down in the period)</span>.</p>{% endif %}
 </section>
 
 <section id="incidents">
@@ -350,8 +428,9 @@ sự cố tại xã liệt kê từ {{ m.min_local_minutes }} phút.</p>
 <thead><tr><th>Mã</th><th>Bắt đầu</th><th>Kết thúc</th><th>Thời lượng</th><th>Hệ thống</th>
 <th>Xã bị ảnh hưởng</th><th>Phân loại <span class="en">(cause)</span></th></tr></thead>
 <tbody>
-{% for i in incidents %}<tr data-incident="{{ i.id }}" data-cause="{{ i.cause }}"><td><a href="#{{ i.id }}">{{ i.id }}</a></td>
-<td>{{ i.start }}</td><td>{{ i.end }}</td><td class="n">{{ i.duration }}</td><td>{{ i.systems }}</td>
+{% for i in incidents %}<tr data-incident="{{ i.id }}" data-cause="{{ i.cause }}" data-ongoing="{{ 1 if i.ongoing else 0 }}"><td><a href="#{{ i.id }}">{{ i.id }}</a></td>
+<td>{{ i.start }}</td><td>{% if i.ongoing %}<span class="ongoing">đang diễn ra <span class="en">(ongoing)</span></span>{% else %}{{ i.end }}{% endif %}</td>
+<td class="n">{{ i.duration }}</td><td>{{ i.systems }}</td>
 <td>{{ i.communes_short }}</td><td class="{{ 'cause-central' if i.cause == 'central' else '' }}">{{ i.cause_vi }}</td></tr>
 {% endfor %}</tbody></table>
 {% else %}<p>Không có sự cố trong kỳ <span class="en">(no incidents)</span>.</p>{% endif %}
@@ -365,7 +444,8 @@ sự cố tại xã liệt kê từ {{ m.min_local_minutes }} phút.</p>
 <table class="incident-facts">
 <tr><th>Phân loại <span class="en">(classification)</span></th><td>{{ i.cause_vi }} <span class="en">({{ i.cause_en }})</span></td></tr>
 <tr><th>Bắt đầu</th><td>{{ i.start }}</td></tr>
-<tr><th>Kết thúc</th><td>{{ i.end }}{% if i.ongoing %} (chưa kết thúc ở cuối kỳ){% endif %}</td></tr>
+<tr><th>Kết thúc</th><td>{% if i.ongoing %}<span class="ongoing">đang diễn ra <span class="en">(ongoing)</span></span>:
+chưa thấy khôi phục trong kỳ; lỗi ghi nhận đến {{ i.end }}{% else %}{{ i.end }}{% endif %}</td></tr>
 <tr><th>Thời lượng</th><td>{{ i.duration }} (số phút gián đoạn: {{ i.down_minutes }})</td></tr>
 <tr><th>Hệ thống bị ảnh hưởng</th><td>{{ i.systems_long }}</td></tr>
 <tr><th>Xã bị ảnh hưởng</th><td>{{ i.communes_long }}</td></tr>
@@ -407,7 +487,7 @@ def render_html(report: Report, title: str | None = None) -> str:
     systems = [{
         "id": s, "name": r.meta.name, "name_en": r.meta.name_en, "objective": pct(r.meta.objective, 2),
         "availability": pct(r.availability), "met": r.availability is not None and r.availability >= r.meta.objective,
-        "down": r.downtime_minutes, "incidents": r.incidents,
+        "down": r.downtime_minutes, "incidents": r.incidents, "ongoing": r.incidents_ongoing,
         "mttr": minutes_text(r.mttr_minutes), "slow": pct(r.slow_share, 2),
         "budget_used": pct(r.budget_used, 1), "budget_left": pct(r.budget_remaining, 1),
         "burn": num(r.burn_rate, 2), "maint": r.minutes["maintenance"], "unknown": r.minutes["unknown"],
@@ -458,13 +538,37 @@ def _incident_view(report: Report, i: Incident) -> dict[str, Any]:
     return {
         "id": i.id, "cause": i.cause, "cause_vi": CAUSE_VI[i.cause], "cause_en": CAUSE_EN[i.cause],
         "start": local_time(i.start, fmt), "end": local_time(i.end, fmt), "ongoing": i.ongoing,
-        "duration": minutes_text(i.minutes), "down_minutes": i.down_minutes,
+        "duration": minutes_text(i.minutes) + (", chưa kết thúc (so far)" if i.ongoing else ""),
+        "down_minutes": i.down_minutes,
         "systems": ", ".join(i.systems), "systems_long": "; ".join(f"{system_name(report, s)} ({s})" for s in i.systems),
         "communes_short": short, "communes_long": "; ".join(f"{n} ({c})" for n, c in zip(names, i.communes)),
         "due24": local_time(i.start + 24 * 3600, fmt), "due72": local_time(i.start + 72 * 3600, fmt),
         "timeline": [(local_time(t, fmt), x) for t, x in i.timeline],
         "notifications": notifications, "alert_rows": alert_rows, "notify_note": note,
     }
+
+
+class OutputDirError(OSError):
+    """The output directory cannot be used; the message is one line naming the path."""
+
+
+def prepare_out_dir(out_dir: str | os.PathLike[str]) -> Path:
+    """Create ``out_dir`` (with its parents) if needed and check that files can be written in it.
+
+    Raises:
+        OutputDirError: it exists and is not a directory, it cannot be created, or it is not
+            writable (one line naming the path and the reason).
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"--out {out}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputDirError(f"--out {out}: cannot create the directory: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputDirError(f"--out {out}: the directory is not writable")
+    return out
 
 
 def write(report: Report, out_dir: str | os.PathLike[str], formats: tuple[str, ...] = ("html", "csv")) -> list[Path]:
@@ -475,12 +579,13 @@ def write(report: Report, out_dir: str | os.PathLike[str], formats: tuple[str, .
 
     Raises:
         ValueError: an unknown format.
+        OutputDirError: ``out_dir`` cannot be used (see :func:`prepare_out_dir`).
+        OSError: a file cannot be written.
     """
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ValueError(f"unknown format(s): {', '.join(bad)} (known: {', '.join(FORMATS)})")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out_dir(out_dir)
     paths: list[Path] = []
     if "html" in formats:
         p = out / "sla-report.html"
@@ -495,4 +600,5 @@ def write(report: Report, out_dir: str | os.PathLike[str], formats: tuple[str, .
     return paths
 
 
-__all__ = ["render_html", "write", "write_csv", "to_dict", "charts", "FORMATS", "pct", "html"]
+__all__ = ["render_html", "write", "write_csv", "to_dict", "charts", "availability_figure", "daily_figure",
+           "budget_figure", "commune_grid", "communes_figure", "FORMATS", "pct", "html"]

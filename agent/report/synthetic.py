@@ -33,7 +33,8 @@ Known events (minute offsets from the period start, local time):
 
 Background noise (seeded, deterministic): 3 % of successful probes are ``slow``; isolated
 one-minute failures (``reset``) at no more than one commune per system and minute, never within
-10 minutes of an event, so that they never reach a quorum.
+10 minutes of an event or of the end of the period (there a failure would be an ongoing incident,
+which the report always lists), so that they never reach a quorum.
 
 Series volume is kept small enough to backfill in seconds: counters
 (``probe_outcomes_total``), ``hcc_sentinel_target_state{state="maintenance"}`` and ``up`` are
@@ -219,6 +220,9 @@ class Month:
         for e in self.events:
             s = self._slice(e)
             quiet[max(0, s.start - 10):s.stop + 10] = True
+        # nor at the end of the period: a failure there would be an ongoing incident (always listed)
+        pe = self.minute_index(self.period_end)
+        quiet[max(0, pe - 10):pe + 10] = True
         for c in self.communes:
             for t in self.targets:
                 slow = (rng.random(n) < (0.01 if t == UPLINK_TARGET else 0.03)) & ~quiet
@@ -577,6 +581,148 @@ def _fmt(v: float) -> str:
     return repr(round(v, 6))
 
 
+class Day:
+    """A small hand-written fleet over ONE local day, for focused tests of the accounting.
+
+    Unlike :class:`Month`, systems may have several targets and every event is set explicitly
+    with :meth:`set` (no noise).  Data run from an hour before local midnight to the end of the
+    day; every target is probed once a minute (uplink checks twice) and every series has a
+    sample at second 30 of each minute.
+
+    Args:
+        day: the local date.
+        communes: commune codes (names are taken from :data:`COMMUNES` when known).
+        targets: ``{target id: system id}`` of each commune (the uplink check is added).
+
+    Attributes:
+        period_start, period_end: the local day, Unix seconds.
+        outcome / reason / maintenance: as in :class:`Month`, keyed ``(commune, target)``.
+    """
+
+    def __init__(self, day: dt.date, communes: Iterable[str], targets: dict[str, str]):
+        start = dt.datetime(day.year, day.month, day.day, tzinfo=LOCAL_TZ)
+        self.period_start = int(start.timestamp())
+        self.period_end = int((start + dt.timedelta(days=1)).timestamp())
+        self.data_start = self.period_start - 3600
+        self.data_end = self.period_end
+        self.minutes = (self.data_end - self.data_start) // 60
+        self.communes = list(communes)
+        info = {c[0]: c for c in COMMUNES}
+        self.commune_info = {c: info.get(c, (c, f"Xã {c}", "xa")) for c in self.communes}
+        self.target_system = {UPLINK_TARGET: "uplink", **targets}
+        self.targets = list(self.target_system)
+        n = self.minutes
+        self.outcome = {(c, t): np.full(n, OK, np.int8) for c in self.communes for t in self.targets}
+        self.reason = {(c, t): np.full(n, _R["ok"], np.int8) for c in self.communes for t in self.targets}
+        self.maintenance = {(c, t): np.zeros(n, bool) for c in self.communes for t in self.targets}
+
+    def at(self, hour: int, minute: int) -> int:
+        """Unix seconds of ``hour:minute`` local time on the day."""
+        return self.period_start + 3600 * hour + 60 * minute
+
+    def set(self, start: int, minutes: int, targets: Iterable[str], communes: Iterable[str] | None = None,
+            outcome: int | None = None, reason: str = "http_status", maintenance: bool | None = None) -> None:
+        """From ``start`` (Unix seconds) for ``minutes``: set the outcome (with ``reason``) and/or
+        the maintenance state of ``targets`` at ``communes`` (default: all)."""
+        sl = slice((start - self.data_start) // 60, (start - self.data_start) // 60 + minutes)
+        for c in (self.communes if communes is None else communes):
+            for t in targets:
+                if outcome is not None:
+                    self.outcome[(c, t)][sl] = outcome
+                    self.reason[(c, t)][sl] = _R[reason]
+                if maintenance is not None:
+                    self.maintenance[(c, t)][sl] = maintenance
+
+    def target_labels(self, c: str) -> str:
+        code, name, ctype = self.commune_info[c]
+        return (f'agent_id="hcc-{code}",commune_code="{code}",commune_name="{name}",commune_type="{ctype}",'
+                f'instance="hcc-{code}:9470",job="hcc-sentinel"')
+
+    def write_openmetrics(self, out: TextIO) -> int:
+        """The day as OpenMetrics text for ``promtool`` (counters, the states ``up`` / ``down``
+        (failing, at once) / ``maintenance``, ``up``, info series); returns the number of samples."""
+        w = _Writer(out, self)  # type: ignore[arg-type]
+        n = self.minutes
+        ones = np.ones(n, bool)
+        w.family("probe_outcomes", "counter")
+        for c in self.communes:
+            for t in self.targets:
+                per = 2 if t == UPLINK_TARGET else 1
+                key = self.outcome[(c, t)].astype(np.int32) * 64 + self.reason[(c, t)]
+                for k in np.unique(key):
+                    if k // 64 not in _OUTCOME_NAME:
+                        continue  # not probed
+                    hits = key == k
+                    counts = np.cumsum(hits) * per
+                    born = np.cumsum(hits) > 0
+                    w.series("probe_outcomes_total", f'target="{t}",outcome="{_OUTCOME_NAME[k // 64]}",'
+                             f'reason="{REASONS[k % 64]}",' + self.target_labels(c), counts, born)
+        w.family("hcc_sentinel_target_state", "gauge")
+        for c in self.communes:
+            for t in self.targets:
+                maint = self.maintenance[(c, t)]
+                down = (self.outcome[(c, t)] >= ERROR) & ~maint
+                for state, on in (("up", ~maint & ~down), ("down", down), ("maintenance", maint)):
+                    w.series("hcc_sentinel_target_state", f'target="{t}",state="{state}",' + self.target_labels(c),
+                             on.astype(np.int64), ones)
+        w.family("up", "gauge")
+        for c in self.communes:
+            w.series("up", self.target_labels(c), np.ones(n, np.int64), ones)
+        w.family("probe_target_info", "gauge")
+        for c in self.communes:
+            for t, s in self.target_system.items():
+                kind = "icmp" if t == UPLINK_TARGET else "http"
+                w.series("probe_target_info", f'target="{t}",kind="{kind}",system="{s}",owner="o",name="{t}",'
+                         + self.target_labels(c), np.ones(n, np.int64), ones)
+        w.family("hcc_sentinel_agent_info", "gauge")
+        for c in self.communes:
+            w.series("hcc_sentinel_agent_info", self.target_labels(c), np.ones(n, np.int64), ones)
+        out.write("# EOF\n")
+        return w.samples
+
+    def write_history(self, commune: str, path: str | os.PathLike[str], until: int | None = None) -> int:
+        """Write ``commune``'s results up to ``until`` (Unix seconds, default: the end of the
+        day) into an agent history database; minutes whose outcome is 0 have no probe."""
+        from agent.store import HistoryDB
+        from probes.base import Outcome, ProbeResult
+
+        stop = self.minutes if until is None else (until - self.data_start) // 60
+        db = HistoryDB(path)
+        rows = 0
+        try:
+            for t in self.targets:
+                out, rea = self.outcome[(commune, t)], self.reason[(commune, t)]
+                batch = []
+                for i in np.flatnonzero(out[:stop] > 0).tolist():
+                    for k in range(2 if t == UPLINK_TARGET else 1):
+                        batch.append(ProbeResult(
+                            target=t, kind="icmp" if t == UPLINK_TARGET else "http",
+                            outcome=Outcome(_OUTCOME_NAME[int(out[i])]), reason=REASONS[rea[i]], detail="synthetic",
+                            started_at=float(self.data_start + 60 * i + 5 + 30 * k), duration_seconds=0.2))
+                rows += db.write(batch)
+        finally:
+            db.close()
+        return rows
+
+    def agent_config(self, commune: str, data_dir: str | os.PathLike[str]) -> str:
+        """YAML text of an agent config for ``commune`` with the day's targets."""
+        code, name, ctype = self.commune_info[commune]
+        known = {s.id: s for s in SYSTEMS}
+        lines = ["agent:", f"  id: hcc-{code}", "  commune:", f'    code: "{code}"', f'    name: "{name}"',
+                 f"    type: {ctype}", f"  data_dir: {data_dir}", "systems:",
+                 '  - {id: uplink, name: "Đường truyền của xã", objective: 0.99}']
+        for sid in sorted({s for s in self.target_system.values() if s != "uplink"}):
+            spec = known.get(sid)
+            lines.append(f'  - {{id: {sid}, name: "{spec.name if spec else sid}", objective: 0.995}}')
+        lines += ["targets:", f"  - {{id: {UPLINK_TARGET}, system: uplink, uplink: true, interval: 30s, "
+                  "timeout: 5s, slow_after: 1s, tcp: {host: 127.0.0.1, port: 9}}"]
+        for t, sid in self.target_system.items():
+            if t != UPLINK_TARGET:
+                lines.append(f"  - {{id: {t}, system: {sid}, depends_on: [{UPLINK_TARGET}], "
+                             "tcp: {host: 127.0.0.1, port: 9}}")
+        return "\n".join(lines) + "\n"
+
+
 def write_openmetrics_file(month: Month, path: str | os.PathLike[str], part: str = "all") -> int:
     """Write :meth:`Month.write_openmetrics` (``part``) to ``path``; returns the number of samples."""
     with open(path, "w", encoding="utf-8", buffering=1 << 20) as fh:
@@ -590,5 +736,5 @@ def events_table(month: Month) -> Iterable[tuple[str, str, str, str, int]]:
         yield e.kind, e.system, ",".join(e.communes), local, e.minutes
 
 
-__all__ = ["COMMUNES", "SYSTEMS", "Month", "Event", "write_openmetrics_file", "events_table", "LOCAL_TZ",
+__all__ = ["COMMUNES", "SYSTEMS", "Month", "Day", "Event", "write_openmetrics_file", "events_table", "LOCAL_TZ",
            "UPLINK_TARGET", "HOST_TARGET", "STATES", "REASONS", "Path"]
