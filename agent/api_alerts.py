@@ -68,11 +68,13 @@ def alert_targets(config: "ConfigBase") -> list[AlertTarget]:
     return out
 
 
-def site_of(config: "ConfigBase") -> Site:
-    """The agent's identity for messages."""
+def site_of(config: "ConfigBase", config_path: str | None = None) -> Site:
+    """The agent's identity for messages (``config_path``, made absolute, goes into the
+    ``hcc-sentinel ack ... -c <config>`` hint)."""
     a = config.agent
     return Site(agent_id=a.id, commune_code=a.commune.code, commune_name=a.commune.name,
-                commune_type=a.commune.type, timezone=a.timezone, status_url=a.status_url)
+                commune_type=a.commune.type, timezone=a.timezone, status_url=a.status_url,
+                config_path=str(Path(config_path).resolve()) if config_path else None)
 
 
 def _alerting(config: "ConfigBase", config_path: str | None) -> Any:
@@ -91,7 +93,7 @@ def build_engine(config: "ConfigBase", config_path: str | None = None, **kwargs:
         config_path: the config file (a relative ``templates_dir`` is relative to it).
         **kwargs: passed to :class:`AlertEngine` (``clock``, ``sender``, ``tick_interval``).
     """
-    return AlertEngine(_alerting(config, config_path), alert_targets(config), site_of(config),
+    return AlertEngine(_alerting(config, config_path), alert_targets(config), site_of(config, config_path),
                        adb.db_path(config.agent.data_dir), **kwargs)
 
 
@@ -108,7 +110,7 @@ async def attach(runtime: "AgentRuntime") -> AlertEngine:
     runtime.set_interval_override(engine.interval_for)
 
     def on_reload(cfg: "ConfigBase") -> None:
-        engine.update(_alerting(cfg, runtime.config_path), alert_targets(cfg), site_of(cfg))
+        engine.update(_alerting(cfg, runtime.config_path), alert_targets(cfg), site_of(cfg, runtime.config_path))
 
     runtime.add_reload_hook(on_reload)
     await engine.start()

@@ -67,10 +67,23 @@ def _who(args: argparse.Namespace) -> str:
         return "cli"
 
 
+def _incident_ids(text: str) -> list[int]:
+    """``"12"`` -> ``[12]``; ``"3-6"`` -> ``[3, 4, 5, 6]`` (the ranges messages print)."""
+    first, sep, last = text.partition("-")
+    try:
+        lo, hi = int(first), int(last if sep else first)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an incident id or range (12, 3-6): {text!r}") from None
+    if lo < 1 or hi < lo or hi - lo > 10000:
+        raise argparse.ArgumentTypeError(f"bad incident range: {text!r}")
+    return list(range(lo, hi + 1))
+
+
 def cmd_ack(args: argparse.Namespace) -> int:
     conn, tz, _ = _open(args.config)
     rc = 0
-    for incident_id in args.incident:
+    ids = sorted({i for group in args.incident for i in group})
+    for incident_id in ids:
         try:
             row = adb.ack_incident(conn, incident_id, _who(args), args.note, time.time())
         except KeyError:
@@ -216,7 +229,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("ack", help="acknowledge incidents (stops reminders and escalation)",
                        description="Acknowledge one or more incidents: reminders and escalation stop; "
                        "the resolved notice still goes out." + where)
-    p.add_argument("incident", nargs="+", type=int, metavar="INCIDENT", help="incident id (from messages or 'incidents')")
+    p.add_argument("incident", nargs="+", type=_incident_ids, metavar="INCIDENT",
+                   help="incident id or range, e.g. 12 or 3-6 (from messages or 'incidents')")
     p.add_argument("-c", "--config", required=True, metavar="FILE", help="agent config (YAML)")
     p.add_argument("--by", default=None, help="who acknowledges (default: the login name)")
     p.add_argument("--note", default=None, help="free text stored with the ack")

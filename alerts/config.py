@@ -37,7 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from probes.config_types import STRICT, Duration, PositiveDuration
 
@@ -163,13 +163,15 @@ class Unit(BaseModel):
 
     @field_validator("urls")
     @classmethod
-    def _urls(cls, v: list[SecretStr]) -> list[SecretStr]:
-        from alerts.delivery import check_url  # local: apprise import is slow-ish
+    def _urls(cls, v: list[SecretStr], info: ValidationInfo) -> list[SecretStr]:
+        from alerts.delivery import check_url  # local: apprise is imported only to validate URLs
 
+        unit = info.data.get("id")
+        where = f"unit {unit!r} " if unit else ""
         for i, url in enumerate(v):
             problem = check_url(url.get_secret_value())
             if problem:
-                raise ValueError(f"urls[{i}]: {problem}")
+                raise ValueError(f"{where}urls[{i}]: {problem}")
         return v
 
     @model_validator(mode="after")

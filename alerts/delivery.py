@@ -120,12 +120,38 @@ def install_log_filter() -> None:
             logger.setLevel(logging.WARNING)  # the outbox logs each delivery itself
 
 
+#: apprise plugin classes whose ``send()`` gives up at once, without any network call, when the
+#: URL left them no recipient (apprise 2.3 source: ``if not self.targets: ... return False``).
+#: apprise drops recipients it cannot parse (``mailto://...?to=not-an-address``) with only a log
+#: line, so such a URL loads fine and fails at every delivery ("There are no Email recipients to
+#: notify") — a config error, not a temporary failure.  Plugins not listed (webhooks such as
+#: ``json://``, or those with a default recipient) are not checked for recipients.  Telegram
+#: is listed but accepted without chat id while it may detect the bot's owner (``detect=yes``,
+#: apprise's default then).
+NEEDS_RECIPIENTS: frozenset[str] = frozenset("""
+    Notify46Elks NotifyACS NotifyAWSWhatsApp NotifyAfricasTalking NotifyAprs NotifyBale NotifyBark
+    NotifyBrevo NotifyBulkVS NotifyBurstSMS NotifyCM NotifyClickSend NotifyClickatell NotifyCliq
+    NotifyD7Networks NotifyDapnet NotifyEight00com NotifyEmail NotifyExotel NotifyFCM NotifyGoAlert
+    NotifyGorush NotifyGroundmail NotifyGupshup NotifyHttpSMS NotifyInfobip NotifyInstagram
+    NotifyKaleyra NotifyKavenegar NotifyLine NotifyMSG91 NotifyMailerSend NotifyMailgun
+    NotifyMessageBird NotifyMobileMessage NotifyNextcloudTalk NotifyNotifyre NotifyOctopush
+    NotifyOffice365 NotifyPingram NotifyPlivo NotifyPostmark NotifyRevolt NotifySES NotifySMPP
+    NotifySMSC NotifySMSManager NotifySMSTunnel NotifySMTP2Go NotifySendGrid NotifySeven
+    NotifySignalAPI NotifySignalgrid NotifySparkPost NotifyTelegram NotifyTelesign NotifyTelnyx
+    NotifyThreema NotifyVapid NotifyViber NotifyVoipms NotifyWhapi NotifyWhatsApp NotifyZalo
+""".split())
+
+
 def check_url(url: str) -> str | None:
     """Validate an apprise URL without sending anything.
 
+    The URL is instantiated with ``apprise.Apprise.instantiate``; a URL apprise cannot load is
+    refused, and so is one that left a recipient-based plugin (e-mail, Zalo, SMS gateways ...,
+    :data:`NEEDS_RECIPIENTS`) without any recipient — it would fail at every delivery.
+
     Returns:
-        ``None`` when apprise can load the URL, else a problem description that names the
-        scheme only (never the URL).
+        ``None`` when the URL is usable, else a problem description that names the scheme only
+        (never the URL).
     """
     register_secret(url)
     install_log_filter()
@@ -134,8 +160,16 @@ def check_url(url: str) -> str | None:
         return "not an apprise URL (expected scheme://..., e.g. zalo://, mailto://, json://)"
     import apprise
 
-    if apprise.Apprise.instantiate(url) is None:
+    plugin = apprise.Apprise.instantiate(url)
+    if plugin is None:
         return f"apprise cannot load this {scheme}:// URL (check its parameters; the URL is not shown because it may hold a secret)"
+    targets = getattr(plugin, "targets", None)
+    if (isinstance(targets, (list, tuple, set)) and not targets
+            and any(c.__name__ in NEEDS_RECIPIENTS for c in type(plugin).__mro__)
+            and not getattr(plugin, "detect_owner", False)):
+        hint = " (mailto: give to=<address>; apprise drops addresses it cannot parse)" if "mail" in scheme else ""
+        return (f"this {scheme}:// URL has no recipient apprise can use, so every delivery would fail{hint}; "
+                "the URL is not shown because it may hold a secret")
     return None
 
 

@@ -65,6 +65,14 @@ LOCAL_LINK = "local_link"
 
 _LEVEL = {State.DOWN: 2, State.DEGRADED: 1}
 
+#: ``resolve_note`` of an incident closed because its target left the config.
+REMOVED_NOTE = "target removed from the config"
+#: A target put back in the config (same id) within this time after its removal gets its
+#: incident back, as it was (ack, announced level, units told): a wrong edit that is reverted
+#: announces nothing again.  One day covers "saved a wrong file, fixed it the next morning";
+#: a target back later starts afresh, like a new one.
+RETURN_GRACE = 24 * 3600.0
+
 #: Columns of ``incidents`` the engine writes (never the ack columns, which the CLI may write).
 _ENGINE_COLUMNS = (
     "cause", "parent_id", "level", "current", "flapping", "was_flapping", "resolved_at", "resolve_note",
@@ -176,12 +184,15 @@ class AlertEngine:
 
     def update(self, config: AlertingConfig, targets: Sequence[AlertTarget], site: Site) -> None:
         """Adopt a reloaded config.  Incidents of targets that left the config are closed
-        silently; new targets start ``up``."""
+        silently (no "resolved": nothing recovered); a target back within
+        :data:`RETURN_GRACE` gets its incident back (:meth:`_readopt_returned`); new targets
+        start ``up``."""
         self._apply(config, targets, site)
         now = self.clock()
         for tid in list(self.open):
             if tid not in self.targets:
-                self._close_silently(self.open[tid], now, "target removed from the config")
+                self._close_silently(self.open[tid], now, REMOVED_NOTE)
+        self._readopt_returned(now)
         for tid in self.targets:
             self.states.setdefault(tid, TargetState(tid))
         self.tick_sync(now)
@@ -207,11 +218,43 @@ class AlertEngine:
         now = self.clock()
         for tid in list(self.open):
             if tid not in self.targets:
-                self._close_silently(self.open[tid], now, "target removed from the config")
+                self._close_silently(self.open[tid], now, REMOVED_NOTE)
+        self._readopt_returned(now)
         self._refresh_silences(now)
         for tid in self.targets:
             self.exported[tid] = self._exported(tid, now)
             self._muted[tid] = self._is_muted(tid, now)
+
+    def _readopt_returned(self, now: float) -> None:
+        """Targets back in the config after a removal (by a reload or a restart).
+
+        A removed target's incident was closed with :data:`REMOVED_NOTE` and its state kept.
+        Back with the same id within :data:`RETURN_GRACE`: the incident is reopened as it was —
+        same id and start, its ack, announced level, units told and escalation steps — so
+        nothing is announced twice; the next probes continue from the kept state (a recovery
+        then gets its usual "resolved").  Back later: the old state is stale, so the target
+        starts afresh (``up``, like a new target) and a failure is a new incident.
+        """
+        rows = self.conn.execute(
+            "SELECT i.*, s.updated_at AS state_at FROM incidents i LEFT JOIN target_state s ON s.target = i.target"
+            " WHERE i.resolve_note = ? AND i.id = (SELECT MAX(j.id) FROM incidents j WHERE j.target = i.target)",
+            (REMOVED_NOTE,)).fetchall()
+        for row in rows:
+            tid = row["target"]
+            if tid not in self.targets or tid in self.open:
+                continue
+            inc = Incident.from_row(row)
+            if inc.resolved_at is not None and now - inc.resolved_at <= RETURN_GRACE:
+                inc.resolved_at, inc.resolve_note = None, None
+                self.open[tid] = inc
+                self._save(inc)
+                log.info("incident %d reopened: target %s is back in the config", inc.id, tid)
+            elif row["state_at"] is None or row["state_at"] <= (inc.resolved_at or 0.0):
+                self.states[tid] = TargetState(tid)  # not probed since its removal: stale
+                self.exported.pop(tid, None)
+                self._own_bad.pop(tid, None)
+                self._own_bad_since.pop(tid, None)
+                self._persist_state(tid, now)
 
     # ------------------------------------------------------------------------------------
     # public API

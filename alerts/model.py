@@ -61,6 +61,8 @@ class Site:
             (e.g. "Phường Biên Hòa"); commune_type: ``xa`` or ``phuong``.
         timezone: IANA zone for windows and message times (Asia/Ho_Chi_Minh).
         status_url: link to the agent's status page, or ``None``.
+        config_path: absolute path of the agent's config file, for the ``hcc-sentinel ack ...
+            -c <config>`` hint printed in messages (``None``: a placeholder is printed).
     """
 
     agent_id: str
@@ -69,3 +71,4 @@ class Site:
     commune_type: str = "xa"
     timezone: str = "Asia/Ho_Chi_Minh"
     status_url: str | None = None
+    config_path: str | None = None

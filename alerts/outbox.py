@@ -34,9 +34,7 @@ import logging
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
-
-import tenacity
+from typing import Any, Callable, Iterable, Sequence
 
 from alerts.config import AlertingConfig, RateLimit
 from alerts.db import dumps, transaction
@@ -52,14 +50,20 @@ def backoff(retry_initial: float, retry_max: float) -> Callable[[int], float]:
     """Delay before retry number ``n`` (n = failed attempts so far, ≥ 1), seconds.
 
     Uses tenacity's ``wait_exponential_jitter`` (``initial * 2**(n-1) + uniform(0, initial)``,
-    capped at ``retry_max``).
+    capped at ``retry_max``).  tenacity is imported at the first retry, not before (an agent
+    whose messages all go through at once never needs its ~1 MiB).
     """
-    try:
-        wait = tenacity.wait_exponential_jitter(multiplier=retry_initial, max=retry_max, jitter=retry_initial)
-    except TypeError:  # tenacity < 9: no 'multiplier' yet, 'initial' means the same
-        wait = tenacity.wait_exponential_jitter(initial=retry_initial, max=retry_max, jitter=retry_initial)
+    wait: Any = None
 
     def delay(n: int) -> float:
+        nonlocal wait
+        import tenacity
+
+        if wait is None:
+            try:
+                wait = tenacity.wait_exponential_jitter(multiplier=retry_initial, max=retry_max, jitter=retry_initial)
+            except TypeError:  # tenacity < 9: no 'multiplier' yet, 'initial' means the same
+                wait = tenacity.wait_exponential_jitter(initial=retry_initial, max=retry_max, jitter=retry_initial)
         state = tenacity.RetryCallState(None, None, (), {})
         state.attempt_number = max(1, n)
         return float(wait(state))

@@ -13,23 +13,27 @@ Shared pieces live in ``_macros.j2``.  Lookup order (a unit can override any fil
 
 Context given to every template (see :class:`Notice` and :class:`NoticeItem`): ``site``,
 ``event``, ``unit`` (id, name), ``other_units`` (names of the others told), ``items`` (one per
-incident), ``link_lost`` (an uplink item is down), ``affected`` (targets unreachable behind the
-link), ``status_url``, ``now`` (local datetime), ``tz`` and helpers ``fmt_time``/``fmt_duration``.
+incident), ``systems`` (the items' distinct systems: titles count systems, several checks of one
+system are that system), ``link_lost`` (an uplink item is down), ``affected`` (checks unreachable
+behind the link), ``ack_command`` (``hcc-sentinel ack 1-4 8 -c <config>``, ready to run),
+``status_url``, ``now`` (local datetime), ``tz`` and helpers ``fmt_time``/``fmt_duration``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import shlex
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 from zoneinfo import ZoneInfo
-
-import jinja2
 
 from alerts.model import Site
 from probes.base import REASONS, nfc
+
+if TYPE_CHECKING:  # jinja2 is imported when a message is first rendered (or checked): ~2 MiB RSS
+    import jinja2
 
 DEFAULT_DIR = Path(__file__).parent / "templates"
 EVENTS: tuple[str, ...] = ("problem", "resolved", "reminder", "escalation")
@@ -169,6 +173,34 @@ class NoticeItem:
         return REASONS[self.reason][1] if self.reason in REASONS else (self.reason or "")
 
 
+def id_ranges(ids: Sequence[int]) -> str:
+    """Incident ids sorted numerically, runs of three or more written ``a-b``
+    (``[10, 2, 3, 4, 8]`` -> ``"2-4 8 10"``; ``hcc-sentinel ack`` accepts both forms)."""
+    nums = sorted({int(i) for i in ids})
+    parts: list[str] = []
+    k = 0
+    while k < len(nums):
+        j = k
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        if j - k >= 2:
+            parts.append(f"{nums[k]}-{nums[j]}")
+        else:
+            parts.extend(str(n) for n in nums[k:j + 1])
+        k = j + 1
+    return " ".join(parts)
+
+
+def ack_command(ids: Sequence[int], config_path: str | None) -> str | None:
+    """The ``hcc-sentinel ack ...`` command line for ``ids`` (``None`` when there are none):
+    ids sorted numerically and shortened to ranges, with the agent's ``-c`` config path
+    (``<agent.yaml>`` when unknown)."""
+    if not ids:
+        return None
+    config = shlex.quote(config_path) if config_path else "<agent.yaml>"
+    return f"hcc-sentinel ack {id_ranges(ids)} -c {config}"
+
+
 @dataclasses.dataclass
 class Notice:
     """Everything a template sees (besides the helpers).
@@ -195,6 +227,25 @@ class Notice:
     def link_lost(self) -> bool:
         return any(i.state == "link" or i.link for i in self.items)
 
+    @property
+    def systems(self) -> list[dict[str, Any]]:
+        """Distinct systems of the items, in order (a target without a system counts as its
+        own): ``{"id", "name", "name_en", "checks"}`` — several checks (targets) of one system
+        are one system in titles."""
+        out: dict[str, dict[str, Any]] = {}
+        for i in self.items:
+            key = i.system_id or i.target_id
+            if key not in out:
+                out[key] = {"id": key, "name": i.system_name or i.target_name,
+                            "name_en": i.system_name_en or i.system_id or i.target_id, "checks": 0}
+            out[key]["checks"] += 1
+        return list(out.values())
+
+    @property
+    def ack_command(self) -> str | None:
+        """``hcc-sentinel ack <ids> -c <config>`` for the items' incidents, or ``None``."""
+        return ack_command([i.incident_id for i in self.items if i.incident_id], self.site.config_path)
+
 
 class Renderer:
     """Renders :class:`Notice` objects to ``(subject, body)``.
@@ -210,10 +261,12 @@ class Renderer:
 
     def __init__(self, templates_dir: str | Path | None = None) -> None:
         self.templates_dir = Path(templates_dir) if templates_dir else None
-        self._envs: dict[str | None, jinja2.Environment] = {}
+        self._envs: dict[str | None, "jinja2.Environment"] = {}
 
-    def _env(self, unit_id: str | None) -> jinja2.Environment:
+    def _env(self, unit_id: str | None) -> "jinja2.Environment":
         if unit_id not in self._envs:
+            import jinja2
+
             paths: list[str] = []
             if self.templates_dir is not None:
                 if unit_id:
@@ -268,11 +321,16 @@ class Renderer:
             "tz": tz,
             "step": notice.escalation_step,
             "ack_hint": notice.ack_hint,
+            "ack_command": notice.ack_command if notice.ack_hint else None,
+            "ack_first_id": min((i.incident_id for i in notice.items if i.incident_id), default=None),
+            "systems": notice.systems,
             "commune_label": notice.site.commune_name,
         }
 
     def check(self) -> list[str]:
         """Compile every template (defaults and overrides); returns problems as strings."""
+        import jinja2
+
         problems = []
         units: list[str | None] = [None]
         if self.templates_dir is not None and self.templates_dir.is_dir():

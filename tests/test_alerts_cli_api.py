@@ -186,3 +186,20 @@ async def test_reload_applies_new_alerting_config(agent):
     assert result.ok, result.problems
     assert rt.alerts.state_of("motcua-home") == State.MAINTENANCE
     assert len(rt.alerts.config.maintenance) == 1
+
+
+async def test_ack_command_printed_in_the_alert_works_as_is(agent, capsys):
+    """The hint in every alert is a complete command: the agent's own config path (absolute)
+    with -c; run exactly as printed, it acknowledges the incident."""
+    import shlex
+
+    rt, cfg, base, hooks, server = agent
+    await _until(lambda: len(hooks.received.get("so-khcn", [])) == 1)
+    body = hooks.received["so-khcn"][0]["message"]
+    line = next(x for x in body.splitlines() if x.startswith("Xác nhận đang xử lý"))
+    command = line.split(": ", 1)[1]
+    assert command == f"hcc-sentinel ack 1 -c {cfg.resolve()}"
+    argv = shlex.split(command)
+    assert argv[0] == "hcc-sentinel" and cli([*argv[1:], "--by", "Đặng Văn Phúc"]) == 0
+    assert "incident 1 (motcua-home) acknowledged by Đặng Văn Phúc" in capsys.readouterr().out
+    await _until(lambda: rt.alerts.open["motcua-home"].acked_by == "Đặng Văn Phúc", 5)

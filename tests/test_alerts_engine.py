@@ -4,6 +4,8 @@ on an injected clock (no long sleeps)."""
 
 from __future__ import annotations
 
+import dataclasses
+import shlex
 import sqlite3
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -11,9 +13,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from agent.cli import main as cli
+from alerts.engine import REMOVED_NOTE
+from alerts.model import AlertTarget
 from alerts.state import State
 from test_alerts_support import (
-    FakeClock, Harness, SmtpSink, TargetServer, WebhookSink, build,
+    SITE, FakeClock, Harness, SmtpSink, TargetServer, WebhookSink, build, make_targets,
 )
 
 TZ = ZoneInfo("Asia/Ho_Chi_Minh")
@@ -185,7 +190,8 @@ async def test_uplink_down_one_link_alert_no_per_system_alerts(rig):
     it = h.messages_to("it-26068")
     assert len(it) == 1 and it[0].startswith("[MẤT KẾT NỐI] Phường Biên Hòa: mất kết nối đường truyền của xã")
     body = h.hooks.received["it-26068"][0]["message"]
-    assert "không kiểm tra được 2 hệ thống" in body and "Cổng DVC tỉnh" in body
+    assert "không thực hiện được 2 mục kiểm tra" in body and "Cổng DVC tỉnh" in body
+    assert "2 checks cannot run" in body
     assert h.messages_to("so-khcn") == [] and h.smtp.messages == []
     # incidents carry the cause, for the SLA report
     incs = {i["target"]: i for i in h.engine.incidents()}
@@ -396,3 +402,129 @@ async def test_rate_limit_defers_messages(rig):
     assert h.engine.outbox.depth >= 1
     await h.idle(3700, dt=300)
     assert len(h.messages_to("it-26068")) == 2
+
+
+# -- a target dropped from the config and put back (a wrong edit, then reverted) ------------------
+
+
+async def _motcua_down_announced_and_acked(h):
+    for _ in range(2):
+        await h.step(ALL, 30)
+    h.mode(motcua="error")
+    for _ in range(5):
+        await h.step(ALL, 10)
+    await h.idle(30)
+    assert len(h.messages_to("so-khcn")) == 1 and len(h.messages_to("it-26068")) == 1
+    inc = next(i for i in h.engine.incidents(open_only=True) if i["target"] == "motcua")
+    h.engine.ack(inc["id"], "Nguyễn Văn An")
+    return inc
+
+
+def _without_motcua() -> list[AlertTarget]:
+    return [t for t in make_targets() if t.id != "motcua"]
+
+
+async def test_target_dropped_then_restored_by_reload_keeps_its_incident_and_ack(rig):
+    h = rig()
+    inc = await _motcua_down_announced_and_acked(h)
+    cfg = h.engine.config
+    # a wrong edit drops motcua: its incident is closed silently, with the reason (no "resolved")
+    h.engine.update(cfg, _without_motcua(), SITE)
+    closed = next(i for i in h.engine.incidents() if i["id"] == inc["id"])
+    assert closed["resolved_at"] is not None and closed["resolve_note"] == REMOVED_NOTE
+    for _ in range(3):
+        await h.step(("uplink", "dvc"), 10)
+    await h.idle(60)
+    assert len(h.messages_to("so-khcn")) == 1 and len(h.messages_to("it-26068")) == 1
+    # ... reverted 2 minutes later: the same incident is back, acknowledged, nothing re-announced
+    h.engine.update(cfg, make_targets(), SITE)
+    for _ in range(4):
+        await h.step(ALL, 10)
+    await h.idle(60)
+    mine = [i for i in h.engine.incidents() if i["target"] == "motcua"]
+    assert len(mine) == 1, mine
+    assert mine[0]["id"] == inc["id"] and mine[0]["resolved_at"] is None and mine[0]["resolve_note"] is None
+    assert mine[0]["acked_by"] == "Nguyễn Văn An" and mine[0]["opened_at"] == inc["opened_at"]
+    assert mine[0]["announced_level"] == 2
+    assert len(h.messages_to("so-khcn")) == 1 and len(h.messages_to("it-26068")) == 1 and len(h.smtp.messages) == 1
+    # the acknowledgement still holds: no escalation to vp-ubnd after its 30 minutes
+    await h.idle(1900, dt=60)
+    assert h.messages_to("vp-ubnd") == []
+    # recovery: ONE "resolved", naming who acknowledged
+    h.mode(motcua="ok")
+    for _ in range(3):
+        await h.step(ALL, 10)
+    await h.idle(60)
+    so = h.messages_to("so-khcn")
+    assert len(so) == 2 and so[1].startswith("[ĐÃ KHÔI PHỤC]")
+    assert "Nguyễn Văn An" in h.hooks.received["so-khcn"][1]["message"]
+
+
+async def test_target_dropped_then_restored_across_restarts_keeps_its_incident(rig):
+    h = rig()
+    inc = await _motcua_down_announced_and_acked(h)
+    await h.engine.stop()
+    h2 = rig(targets=_without_motcua())              # restarted with the wrong config
+    await h2.step(("uplink", "dvc"), 10)
+    assert all(i["resolved_at"] for i in h2.engine.incidents() if i["target"] == "motcua")
+    await h2.engine.stop()
+    h3 = rig()                                       # restarted with the config fixed
+    for _ in range(4):
+        await h3.step(ALL, 10)
+    await h3.idle(60)
+    mine = [i for i in h3.engine.incidents() if i["target"] == "motcua"]
+    assert [(i["id"], i["resolved_at"], i["acked_by"]) for i in mine] == [(inc["id"], None, "Nguyễn Văn An")]
+    assert len(h3.messages_to("so-khcn")) == 1 and len(h3.smtp.messages) == 1
+
+
+async def test_target_back_after_the_grace_starts_afresh(rig):
+    h = rig()
+    inc = await _motcua_down_announced_and_acked(h)
+    cfg = h.engine.config
+    h.engine.update(cfg, _without_motcua(), SITE)
+    h.clock.advance(25 * 3600)                       # back more than a day later
+    h.engine.update(cfg, make_targets(), SITE)
+    await h.step(("uplink", "dvc"), 10)
+    # its day-old "down" is not trusted: up until fresh probes say otherwise; nothing sent
+    assert h.engine.state_of("motcua") == State.UP
+    assert not [i for i in h.engine.incidents(open_only=True) if i["target"] == "motcua"]
+    await h.idle(60)
+    assert len(h.messages_to("so-khcn")) == 1
+    # still failing: a new incident, announced once
+    for _ in range(5):
+        await h.step(ALL, 10)
+    await h.idle(30)
+    mine = [i for i in h.engine.incidents() if i["target"] == "motcua"]
+    assert len(mine) == 2 and mine[0]["id"] != inc["id"] and mine[0]["resolved_at"] is None
+    assert len(h.messages_to("so-khcn")) == 2
+
+
+# -- several checks of ONE system; the ack command printed in messages works ----------------------
+
+
+async def test_checks_of_one_system_are_one_system_and_the_printed_ack_command_works(rig, tmp_path, capsys):
+    names = [f"motcua-{k}" for k in range(1, 7)]
+    base = make_targets(with_uplink=False)[0]
+    targets = [dataclasses.replace(base, id=n, name=f"Một cửa — kiểm tra {n}", depends_on=()) for n in names]
+    cfg_file = tmp_path / "agent.yaml"
+    cfg_file.write_text(f"agent: {{id: hcc-26068, data_dir: {tmp_path}}}\n", encoding="utf-8")
+    h = rig(targets=targets, site=dataclasses.replace(SITE, config_path=str(cfg_file)))
+    await h.step(names, 30)
+    h.mode(**{n: "error" for n in names})
+    for _ in range(4):
+        await h.step(names, 10)
+    await h.idle(30)
+    so = h.messages_to("so-khcn")
+    assert len(so) == 1
+    assert so[0] == ("[SỰ CỐ] Phường Biên Hòa: Hệ thống giải quyết thủ tục hành chính tỉnh (một cửa) ngừng hoạt động "
+                     "(6 mục kiểm tra) / Provincial procedure-handling system down (6 checks)")
+    assert "hệ thống gặp sự cố" not in so[0]
+    body = h.hooks.received["so-khcn"][0]["message"]
+    line = next(x for x in body.splitlines() if x.startswith("Xác nhận đang xử lý"))
+    command = line.split(": ", 1)[1]
+    assert command == f"hcc-sentinel ack 1-6 -c {cfg_file}"
+    argv = shlex.split(command)
+    assert cli([*argv[1:], "--by", "Trần Thị Bình"]) == 0
+    assert capsys.readouterr().out.count("acknowledged by Trần Thị Bình") == 6
+    await h.step((), 1)
+    assert all(inc.acked_by == "Trần Thị Bình" for inc in h.engine.open.values()) and len(h.engine.open) == 6

@@ -263,6 +263,6 @@ class Harness:
 
 
 def build(tmp: Path, clock: FakeClock, smtp: SmtpSink, hooks: WebhookSink, targets: list[AlertTarget] | None = None,
-          **extra: Any) -> AlertEngine:
-    return AlertEngine(make_config(smtp, hooks, **extra), targets or make_targets(), SITE, tmp / "alerts.db",
+          site: Site = SITE, **extra: Any) -> AlertEngine:
+    return AlertEngine(make_config(smtp, hooks, **extra), targets or make_targets(), site, tmp / "alerts.db",
                        clock=clock)

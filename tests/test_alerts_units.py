@@ -3,6 +3,7 @@ time, midnight), routing tree, config validation, templates, backoff, secrets, o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -308,3 +309,116 @@ def test_schema_is_wal_and_versioned(tmp_path):
 def test_route_model_accepts_continue_keyword():
     r = Route.model_validate({"match": {"system": "x"}, "continue": True})
     assert r.continue_ is True and r.match == {"system": ["x"]}
+
+
+# -- review fixes: titles count systems, a working ack command, apprise URLs without recipients ---
+
+
+def _check(k: int, target: str, system: str | None = "motcua", state: str = "down", **kw) -> NoticeItem:
+    return _item(incident_id=k, target_id=target, target_name=f"Kiểm tra {target}", system_id=system,
+                 system_name="Hệ thống một cửa tỉnh" if system == "motcua" else None,
+                 system_name_en="One-stop system" if system == "motcua" else None, state=state, **kw)
+
+
+def test_titles_count_systems_not_checks():
+    r = Renderer()
+    now = local(2026, 5, 2, 9, 10)
+    six = [_check(k, f"motcua-{k}") for k in range(1, 7)]
+    subject, _ = r.render(Notice("problem", SITE, "so-khcn", "Sở", six, now=now))
+    assert subject == ("[SỰ CỐ] Phường Biên Hòa: Hệ thống một cửa tỉnh ngừng hoạt động (6 mục kiểm tra) / "
+                       "One-stop system down (6 checks)")
+    mixed = six[:2] + [_check(7, "motcua-7", state="degraded")]
+    subject, _ = r.render(Notice("problem", SITE, "so-khcn", "Sở", mixed, now=now))
+    assert subject.endswith("Hệ thống một cửa tỉnh gặp sự cố (3 mục kiểm tra) / One-stop system failing (3 checks)")
+    two = six[:3] + [_check(8, "dvc-home", system=None)]
+    subject, _ = r.render(Notice("problem", SITE, "so-khcn", "Sở", two, now=now))
+    assert subject == "[SỰ CỐ] Phường Biên Hòa: 2 hệ thống gặp sự cố (4 mục kiểm tra) / 2 systems failing (4 checks)"
+    subject, _ = r.render(Notice("problem", SITE, "so-khcn", "Sở", [six[0], two[-1]], now=now))
+    assert subject == "[SỰ CỐ] Phường Biên Hòa: 2 hệ thống gặp sự cố / 2 systems failing"
+    done = [_check(k, f"motcua-{k}", state="up", resolved_at=now) for k in range(1, 7)]
+    subject, _ = r.render(Notice("resolved", SITE, "so-khcn", "Sở", done, now=now))
+    assert subject == ("[ĐÃ KHÔI PHỤC] Phường Biên Hòa: Hệ thống một cửa tỉnh hoạt động lại (6 mục kiểm tra) / "
+                       "One-stop system recovered (6 checks)")
+    # the link-lost message counts the checks that cannot run, in both languages
+    link = _check(9, "uplink", system="uplink", state="link", link=True)
+    _, body = r.render(Notice("problem", SITE, "it-26068", "IT", [link], now=now,
+                              affected=[f"Kiểm tra motcua-{k}" for k in range(1, 6)]))
+    assert "không thực hiện được 5 mục kiểm tra: Kiểm tra motcua-1" in body
+    assert "5 checks cannot run" in body and "5 hệ thống" not in body
+
+
+def test_ack_hint_is_a_working_command_sorted_numerically_and_short():
+    items = [_check(k, f"motcua-{k}") for k in (1, 10, 2, 8, 4, 3)]
+    site = Site("hcc-26068", "26068", "Phường Biên Hòa", "phuong", TZ, None, "/etc/hcc-sentinel/agent.yaml")
+    _, body = Renderer().render(Notice("problem", site, "so-khcn", "Sở", items, now=local(2026, 5, 2, 9)))
+    assert "(dừng nhắc lại và chuyển cấp): hcc-sentinel ack 1-4 8 10 -c /etc/hcc-sentinel/agent.yaml\n" in body
+    assert ("hcc-sentinel ack 1-4 8 10 -c /etc/hcc-sentinel/agent.yaml — or POST /api/incidents/1/ack") in body
+    _, body = Renderer().render(Notice("reminder", dataclasses.replace(site, config_path="/srv/hcc sentinel/a.yaml"),
+                                       "so-khcn", "Sở", items[:2], now=local(2026, 5, 2, 9)))
+    assert "hcc-sentinel ack 1 10 -c '/srv/hcc sentinel/a.yaml'" in body
+    many = [_check(k, f"t{k}") for k in range(100, 140)]
+    _, body = Renderer().render(Notice("escalation", site, "vp", "VP", many, now=local(2026, 5, 2, 9), escalation_step=1))
+    assert "hcc-sentinel ack 100-139 -c /etc/hcc-sentinel/agent.yaml" in body
+    # resolved notices carry no ack hint
+    _, body = Renderer().render(Notice("resolved", site, "so-khcn", "Sở", [_check(1, "m", state="up",
+                                resolved_at=local(2026, 5, 2, 9))], now=local(2026, 5, 2, 9), ack_hint=False))
+    assert "hcc-sentinel ack" not in body
+
+
+def test_cli_ack_accepts_the_ranges_messages_print(tmp_path, capsys):
+    from agent.cli import main as cli
+
+    conn = adb.connect(adb.db_path(tmp_path))
+    for k in range(1, 6):
+        conn.execute("INSERT INTO incidents (target, cause, level, current, flapping, was_flapping, opened_at,"
+                     " confirmed_at) VALUES (?, 'system', 2, 'down', 0, 0, 1, 1)", (f"t{k}",))
+    conn.commit()
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(f"agent: {{id: x, data_dir: {tmp_path}}}\n", encoding="utf-8")
+    assert cli(["ack", "1-3", "5", "-c", str(cfg), "--by", "An"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[1] for line in out.splitlines()] == ["1", "2", "3", "5"]
+    assert [r[0] for r in conn.execute("SELECT id FROM incidents WHERE acked_by = 'An' ORDER BY id")] == [1, 2, 3, 5]
+    with pytest.raises(SystemExit) as exc:
+        cli(["ack", "3-x", "-c", str(cfg)])
+    assert exc.value.code == 2
+    conn.close()
+
+
+@pytest.mark.parametrize("url, ok", [
+    ("mailto://127.0.0.1:2525?smtp=127.0.0.1&from=canhbao@hcc-sentinel.example&to=trucban-no-domain&mode=insecure", False),
+    ("mailtos://canhbao:S3cret-pass@mail.example.vn?to=not an address&from=canhbao@mail.example.vn", False),
+    ("tgram://123456789:AAE-very-secret-token-abcdefghij/?detect=no", False),
+    ("mailto://127.0.0.1:2525?smtp=127.0.0.1&from=canhbao@hcc-sentinel.example&to=trucban@hcc-sentinel.example&mode=insecure", True),
+    ("mailto://canhbao:S3cret-pass@hcc-sentinel.example", True),   # no to=: apprise mails the sender's own address
+    ("tgram://123456789:AAE-very-secret-token-abcdefghij/", True),  # apprise finds the bot's owner itself
+    ("zalo://1234567890:CHANGE-ME/so-khcn-truc-ban", True),
+    ("json://127.0.0.1:9/hook/x", True),
+])
+def test_config_refuses_apprise_urls_without_recipients(url, ok):
+    data = {"units": [{"id": "so-khcn", "name": "Sở Khoa học và Công nghệ", "urls": ["json://127.0.0.1:9/a", url]}]}
+    if ok:
+        AlertingConfig.model_validate(data)
+        return
+    with pytest.raises(ValidationError) as err:
+        AlertingConfig.model_validate(data)
+    text = str(err.value)
+    scheme = url.split("://")[0]
+    assert "unit 'so-khcn' urls[1]" in text and f"{scheme}://" in text and "no recipient" in text
+    assert "S3cret" not in text and "very-secret" not in text and "trucban" not in text and "127.0.0.1" not in text
+
+
+def test_check_command_refuses_a_mailto_whose_recipient_apprise_drops(tmp_path):
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(
+        "agent: {id: hcc-26068, commune: {code: \"26068\", name: \"Phường Biên Hòa\", type: phuong}, "
+        f"data_dir: {tmp_path}}}\n"
+        "targets: []\n"
+        "alerting:\n  units:\n    - id: it-26068\n      name: \"Cán bộ CNTT\"\n      urls: [\"${IT_MAIL}\"]\n",
+        encoding="utf-8")
+    env = dict(os.environ, IT_MAIL="mailto://canhbao:S3cret@mail.example.vn?to=cntt.bienhoa&from=canhbao@mail.example.vn")
+    out = subprocess.run([sys.executable, "-m", "agent", "check", "-c", str(cfg)], cwd=ROOT,
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode != 0
+    assert "unit 'it-26068'" in out.stderr and "mailto://" in out.stderr and "no recipient" in out.stderr
+    assert "S3cret" not in out.stderr + out.stdout and "cntt.bienhoa" not in out.stderr + out.stdout
