@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from agent import __version__
@@ -20,6 +21,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "agent.cmd_fleet",     # fleet render, relay
     "agent.cmd_report",    # report sla
 )
+
+#: Exit code when stdout is closed by its reader (as for a process killed by SIGPIPE: 128 + 13).
+EXIT_BROKEN_PIPE = 141
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,11 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hcc-sentinel`` console script; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    return int(args.func(args) or 0)
+    try:
+        try:
+            args = parser.parse_args(argv)
+            if not getattr(args, "func", None):
+                parser.print_help()
+                return 2
+            return int(args.func(args) or 0)
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (`hcc-sentinel incidents --all | head -1`): no traceback; point
+        # stdout at /dev/null so the interpreter's final flush cannot fail again, and exit like a
+        # process killed by SIGPIPE (128 + 13). See "Note on SIGPIPE" in the signal module docs.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a real file (embedded use)
+            pass
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Core sub-commands: ``run``, ``check``, ``probe``, ``demo``.
 
 Exit codes: 0 success; 1 ``probe`` result was error/hang; 2 bad config, unknown target or bad
-usage; 3 history database unusable (corrupt or locked); 4 listen address unusable.
+usage; 3 data_dir used by another agent, or history database unusable (corrupt or locked);
+4 listen address unusable; 141 stdout closed by its reader (agent.cli).
 """
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ def register(sub: Any) -> None:
                        description="Run the agent daemon: probe every target of the config on its "
                        "interval, keep history in <data_dir>/history.db and serve /metrics, /healthz, "
                        "/api/* on agent.listen. SIGHUP or POST /-/reload re-reads the config; "
-                       "SIGINT/SIGTERM stop cleanly (exit 0). Exit 2: bad config; 3: history "
-                       "database unusable; 4: listen address unusable.")
+                       "SIGINT/SIGTERM stop cleanly (exit 0). Exit 2: bad config; 3: data_dir used "
+                       "by another agent (<data_dir>/agent.lock) or history database unusable; "
+                       "4: listen address unusable.")
     p.add_argument("-c", "--config", required=True, metavar="FILE", help="agent config (YAML)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_run)
@@ -124,7 +126,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("demo", help="watch the agent probe a simulated procedure system on 127.0.0.1",
                        description="Start, on 127.0.0.1 only, a simulated commune procedure system "
-                       "whose pages switch between ok, slow, error and hang every 10-15 s, and a real "
+                       "whose pages switch between ok, slow, error and hang every 12 s, and a real "
                        "agent probing it every few seconds; print each outcome change and serve "
                        "/metrics. Nothing leaves this machine.")
     p.add_argument("--port", type=int, default=9470, help="port of the agent's /metrics and API "

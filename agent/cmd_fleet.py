@@ -8,19 +8,31 @@ constants, the Alertmanager config and the relay config (see :mod:`agent.fleet`)
 ``hcc-sentinel relay --config DIR/relay/relay.yaml`` serves the Alertmanager webhook
 (see :mod:`agent.relay`).
 
-Exit codes: 0 success; 1 rendering refused (problems on stderr); 2 bad usage or config;
-4 listen address unusable.
+Exit codes: 0 success; 1 rendering refused (problems on stderr, nothing written); 2 bad usage
+or config, or ``--out`` cannot be written (one line on stderr); 4 listen address unusable.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+
+def _out_problem(out: str, exc: OSError | None = None) -> str:
+    """One line for an unusable ``--out``: ``fleet render: cannot write under OUT: why (path)``."""
+    if exc is None:
+        return f"fleet render: cannot write under {out}: it is not a directory"
+    where = f" ({exc.filename})" if exc.filename and str(exc.filename) != out else ""
+    return f"fleet render: cannot write under {out}: {exc.strerror or exc}{where}"
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     from agent.fleet import FleetError, render_fleet, summary
 
+    if not args.check and os.path.exists(args.out) and not os.path.isdir(args.out):
+        print(_out_problem(args.out), file=sys.stderr)  # before the (slow) render
+        return 2
     try:
         render = render_fleet(args.inventory, args.template, args.overrides, args.central, edition=args.edition,
                               agent_files=not args.central_only)
@@ -33,7 +45,11 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.check:
         print(f"OK: {summary(render)} (nothing written: --check)")
         return 0
-    written = render.write(args.out)
+    try:
+        written = render.write(args.out)
+    except OSError as exc:
+        print(_out_problem(args.out, exc), file=sys.stderr)
+        return 2
     print(f"OK: {summary(render)} written under {args.out}")
     if args.verbose:
         for path in written:

@@ -127,6 +127,18 @@ async def _demo(args: argparse.Namespace) -> int:
     from agent.yamlconf import ConfigError
 
     out = sys.stdout
+    stop = asyncio.Event()
+    closed: list[BrokenPipeError] = []  # stdout closed (`demo | head -3`): stop, clean up, let the CLI exit
+
+    def emit(line: str) -> None:
+        if closed:
+            return
+        try:
+            print(line, file=out, flush=True)
+        except BrokenPipeError as exc:
+            closed.append(exc)
+            stop.set()
+
     own_dir = args.data_dir is None
     data_dir = Path(tempfile.mkdtemp(prefix="hcc-sentinel-demo-") if own_dir else args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -153,12 +165,12 @@ async def _demo(args: argparse.Namespace) -> int:
         async def printer(result: ProbeResult) -> None:
             if last.get(result.target) != result.outcome.value:
                 last[result.target] = result.outcome.value
-                print(format_result(result), file=out, flush=True)
+                emit(format_result(result))
 
         def on_scene(index: int, caption: str, modes: dict[str, str]) -> None:
             changed = ", ".join(f"{p}={m}" for p, m in modes.items() if m != "ok") or "all ok"
-            print(f"{time.strftime('%H:%M:%S')}  --- cảnh {index + 1}/{len(demo_app.SCRIPT)}: {caption} "
-                  f"[{changed}]", file=out, flush=True)
+            emit(f"{time.strftime('%H:%M:%S')}  --- cảnh {index + 1}/{len(demo_app.SCRIPT)}: {caption} "
+                 f"[{changed}]")
 
         runtime = AgentRuntime(str(config_path), config)
         runtime.add_listener(printer)
@@ -172,18 +184,16 @@ async def _demo(args: argparse.Namespace) -> int:
             print(exc, file=sys.stderr)
             runtime = None
             return EXIT_LISTEN
-        print(f"hcc-sentinel demo — simulated procedure system: http://127.0.0.1:{app_port}/", file=out)
-        print(f"  agent metrics: http://127.0.0.1:{agent_port}/metrics   targets: "
-              f"http://127.0.0.1:{agent_port}/api/targets", file=out)
-        print(f"  config and history: {data_dir}{' (temporary)' if own_dir else ''}", file=out)
-        print(f"  probes every {INTERVAL:g}s, timeout {TIMEOUT:g}s, slow after {SLOW_AFTER:g}s; "
-              f"scenes change every {system.scene_seconds:g}s. Ctrl-C to stop.", file=out)
-        print(f"{'time':<8}  {'outcome':<24} {'target':<12} {'reason':<19} {'took':>7}  detail", file=out,
-              flush=True)
+        emit(f"hcc-sentinel demo — simulated procedure system: http://127.0.0.1:{app_port}/")
+        emit(f"  agent metrics: http://127.0.0.1:{agent_port}/metrics   targets: "
+             f"http://127.0.0.1:{agent_port}/api/targets")
+        emit(f"  config and history: {data_dir}{' (temporary)' if own_dir else ''}")
+        emit(f"  probes every {INTERVAL:g}s, timeout {TIMEOUT:g}s, slow after {SLOW_AFTER:g}s; "
+             f"scenes change every {system.scene_seconds:g}s. Ctrl-C to stop.")
+        emit(f"{'time':<8}  {'outcome':<24} {'target':<12} {'reason':<19} {'took':>7}  detail")
         system.listeners.append(on_scene)
         play = asyncio.create_task(system.play(), name="demo-script")
 
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -194,19 +204,22 @@ async def _demo(args: argparse.Namespace) -> int:
             pass
 
         counts = await runtime.store.counts(0) if runtime.store else {}
-        print("--- tổng kết / summary (probes by outcome):", file=out)
+        emit("--- tổng kết / summary (probes by outcome):")
         for target, c in sorted(counts.items()):
-            print(f"  {target:<12} " + "  ".join(f"{k}={v}" for k, v in c.items()), file=out)
-        out.flush()
+            emit(f"  {target:<12} " + "  ".join(f"{k}={v}" for k, v in c.items()))
+        if closed:
+            raise closed[0]  # after the clean-up below; agent.cli exits as the shell expects
         return 0
     finally:
-        if play is not None:
-            play.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await play
-        if runtime is not None:
-            await runtime.stop()
-        if runner is not None:
-            await runner.cleanup()
-        if own_dir:
-            shutil.rmtree(data_dir, ignore_errors=True)
+        try:
+            if play is not None:
+                play.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await play
+            if runtime is not None:
+                await runtime.stop()
+            if runner is not None:
+                await runner.cleanup()
+        finally:  # whatever happened above, a temporary data dir never stays behind
+            if own_dir:
+                shutil.rmtree(data_dir, ignore_errors=True)

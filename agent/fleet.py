@@ -686,13 +686,20 @@ class FleetRender:
     def write(self, out_dir: str | os.PathLike[str]) -> list[Path]:
         """Write every file under ``out_dir`` (each atomically: temp file + rename).
 
+        Every directory is created first, so an unusable ``out_dir`` (a file, a path under
+        ``/proc``, no permission) fails before any file is written.
+
         Returns:
             The paths written.
+
+        Raises:
+            OSError: a directory or file cannot be created.
         """
         written = []
+        for parent in sorted({(Path(out_dir) / rel).parent for rel in self.files}):
+            parent.mkdir(parents=True, exist_ok=True)
         for rel, text in sorted(self.files.items()):
             path = Path(out_dir) / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)

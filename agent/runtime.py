@@ -14,8 +14,11 @@ Signals (``run``): SIGINT/SIGTERM stop cleanly (exit 0); SIGHUP reloads the conf
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import inspect
 import logging
+import os
 import signal
 import time
 import unicodedata
@@ -79,6 +82,69 @@ def target_metas(config: ConfigBase) -> dict[str, TargetMeta]:
     return out
 
 
+LOCK_NAME = "agent.lock"
+
+
+class DataDirLock:
+    """Exclusive ownership of a ``data_dir`` by one agent process: ``fcntl.flock`` (non-blocking)
+    on ``<data_dir>/agent.lock``, which then holds the owner's pid.
+
+    Two agents on one data_dir would each run an alerts engine on the same databases and send
+    every alert twice.  The lock is held from :meth:`AgentRuntime.start` to
+    :meth:`AgentRuntime.stop`; the kernel drops it when the process dies (no stale lock after a
+    crash or a power cut).  The CLI tools (``ack``, ``silence``, ``incidents``, ``outbox``,
+    ``report --local``) never take it: they work while the daemon runs.
+    """
+
+    def __init__(self, data_dir: "os.PathLike[str] | str"):
+        self.path = os.path.join(os.fspath(data_dir), LOCK_NAME)
+        self.data_dir = os.fspath(data_dir)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock and write our pid into the file.
+
+        Raises:
+            StoreError: another process holds it (one line naming its pid), or the file cannot
+                be created.
+        """
+        try:
+            os.makedirs(self.data_dir, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StoreError(f"data_dir {self.data_dir}: cannot create {LOCK_NAME} ({exc.strerror or exc}); "
+                             "check the data_dir and its permissions") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            try:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            except OSError:
+                holder = ""
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                pid = holder if holder.isdigit() else "unknown"
+                raise StoreError(f"data_dir {self.data_dir} is used by another hcc-sentinel process "
+                                 f"(pid {pid})") from None
+            raise StoreError(f"data_dir {self.data_dir}: cannot lock {LOCK_NAME} ({exc.strerror or exc})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (the file stays; its content is only meaningful while locked)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+
 class ReloadResult:
     """Outcome of a reload: ``ok``, ``problems`` (``FILE:LINE: field: message`` lines) and the
     ``added`` / ``removed`` / ``changed`` target ids."""
@@ -126,6 +192,7 @@ class AgentRuntime:
         self.reload_hooks: list[Callable[[ConfigBase], Any]] = []
         self.interval_override: Callable[[str], float | None] | None = None
         self.store: Store | None = None
+        self.lock: DataDirLock | None = None
         self.alerts: Any = None  # alerts.engine.AlertEngine, set by agent.api_alerts.attach
         self.scheduler: Scheduler | None = None
         self.server: Any = None  # aiohttp AppRunner
@@ -188,15 +255,24 @@ class AgentRuntime:
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the store, start the HTTP server and the probe loops.
+        """Lock the data_dir, open the store, start the HTTP server and the probe loops.
 
         Raises:
-            StoreError: the history database is unusable.
+            StoreError: the data_dir is used by another agent process (:class:`DataDirLock`) or
+                the history database is unusable.
             agent.server.ServerError: the listen address cannot be bound.
         """
         a = self.config.agent
-        self.store = Store(a.data_dir / DB_NAME, retention=a.retention, flush_interval=self.store_flush_interval)
-        await self.store.open()
+        lock = DataDirLock(a.data_dir)
+        lock.acquire()  # before any database is opened: one agent per data_dir
+        self.lock = lock
+        try:
+            self.store = Store(a.data_dir / DB_NAME, retention=a.retention, flush_interval=self.store_flush_interval)
+            await self.store.open()
+        except BaseException:
+            self.store = None
+            self._release_lock()
+            raise
         try:
             await self._start_rest()
         except BaseException:
@@ -205,6 +281,7 @@ class AgentRuntime:
                 self.alerts = None
             await self.store.close()
             self.store = None
+            self._release_lock()
             raise
         a = self.config.agent
         log.info("agent %s (%s %s) started: %d target(s), listening on %s, history in %s",
@@ -250,7 +327,13 @@ class AgentRuntime:
             self.server = None
         if self.store is not None:
             await self.store.close()
+        self._release_lock()
         log.info("agent %s stopped", self.agent_id)
+
+    def _release_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -258,7 +341,8 @@ class AgentRuntime:
     async def run(self) -> int:
         """Start, serve until SIGINT/SIGTERM (SIGHUP reloads), stop; returns the exit code.
 
-        Exit codes: 0 clean stop, 3 history database unusable, 4 listen address unusable.
+        Exit codes: 0 clean stop, 3 data_dir used by another agent or history database unusable,
+        4 listen address unusable.
         """
         from agent.server import ServerError
         try:

@@ -56,13 +56,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 from zoneinfo import ZoneInfo
 
-import jinja2
 from aiohttp import web
 from pydantic import BaseModel, SecretStr
 
 from probes.base import Outcome, nfc
 
 if TYPE_CHECKING:
+    import jinja2
+
     from agent.runtime import AgentRuntime
 
 log = logging.getLogger("hcc_sentinel.status")
@@ -343,13 +344,23 @@ class StatusPage:
         self.runtime = runtime
         self._history: HistoryReader | None = None
         self._data_dir: Path | None = None
-        self.env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
-            autoescape=True,  # every template is HTML
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
+        self._env: jinja2.Environment | None = None
+
+    @property
+    def env(self) -> "jinja2.Environment":
+        """The page's jinja2 environment, made at the first page view (jinja2 costs ~2 MiB of
+        RSS that an agent nobody looks at does not need)."""
+        if self._env is None:
+            import jinja2
+
+            self._env = jinja2.Environment(
+                loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+                autoescape=True,  # every template is HTML
+                undefined=jinja2.StrictUndefined,
+                trim_blocks=True,
+                lstrip_blocks=True,
+            )
+        return self._env
 
     # -- sources -----------------------------------------------------------------------------
     def _reader(self) -> HistoryReader:
@@ -644,25 +655,60 @@ def _matchers_text(m: Any) -> str:
     return "; ".join(parts) if parts else "mọi mục tiêu"
 
 
+def _display(t: dict[str, Any]) -> str:
+    """A target's display name: its ``name``, else its id."""
+    return str(t.get("name") or t["id"])
+
+
+def own_scope(targets: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
+    """``(systems, owners)`` that are the commune's own: the systems of its uplink targets
+    (``uplink: true``) and of its ``host`` targets (the agent's machine), and those systems'
+    owners (the commune's IT contact, e.g. ``it-26068``)."""
+    own = [t for t in targets if t.get("uplink") or t.get("kind") == "host"]
+    systems = {str(t["system"]) for t in own if t.get("system")}
+    owners = {str(t["owner"]) for t in own if t.get("owner")}
+    return systems, owners
+
+
 def uplink_verdict(targets: list[dict[str, Any]]) -> dict[str, Any]:
     """Answer "is it our link or the provincial/central system?" from the current states.
 
+    Only targets of shared (provincial/central) systems can be blamed on "them": a ``host``
+    target (the agent's own machine) and targets of the commune's own systems or owners
+    (:func:`own_scope`) are never listed as failing "ở phía tỉnh/trung ương"; their problems
+    get their own lines in ``notes``.  Names are display names (``name``, else the id).
+
     Returns:
         ``{"state": "local" | "remote" | "ok" | "unknown", "title": Vietnamese headline,
-        "text": one Vietnamese sentence, "uplink_targets": [...], "failing": [names]}``:
+        "text": one Vietnamese sentence, "notes": [extra Vietnamese lines], "uplink_targets":
+        [...], "failing": [names of failing shared-system targets], "host_failing": [names],
+        "local_failing": [names]}``:
         ``local`` — an uplink target (``uplink: true``) is down or unreachable: the commune's
-        own link; ``remote`` — the uplink is fine but other targets are down/degraded: the
-        provincial/central systems; ``ok`` — nothing is failing; ``unknown`` — no uplink target
-        configured or no result yet.
+        own link; ``remote`` — the uplink is fine but targets of shared systems are
+        down/degraded: the provincial/central systems; ``ok`` — no shared system is failing;
+        ``unknown`` — no uplink target configured or no result yet.
     """
     uplinks = [t for t in targets if t["uplink"]]
     others = [t for t in targets if not t["uplink"]]
     bad_states = ("down", "unreachable")
-    failing = [t["name"] for t in others if t["state"] in ("down", "unreachable", "degraded")]
-    base = {"uplink_targets": [{"id": t["id"], "name": t["name"], "state": t["state"]} for t in uplinks],
-            "failing": failing}
+    own_systems, own_owners = own_scope(targets)
+    failing_states = ("down", "unreachable", "degraded")
+    host_failing = [_display(t) for t in others if t.get("kind") == "host" and t["state"] in failing_states]
+    local_failing = [_display(t) for t in others if t.get("kind") != "host" and t["state"] in failing_states
+                     and (t.get("system") in own_systems or t.get("owner") in own_owners)]
+    failing = [_display(t) for t in others if t["state"] in failing_states and t.get("kind") != "host"
+               and t.get("system") not in own_systems and t.get("owner") not in own_owners]
+    notes = []
+    if host_failing:
+        notes.append(f"Máy chạy agent của xã có vấn đề ({', '.join(host_failing)}): việc của cán bộ CNTT "
+                     "của xã (CPU, bộ nhớ, ổ đĩa, đồng hồ), không phải lỗi của hệ thống tỉnh/trung ương.")
+    if local_failing:
+        notes.append(f"Thiết bị, dịch vụ của xã đang lỗi ({', '.join(local_failing)}): việc của cán bộ CNTT "
+                     "của xã, không phải lỗi của hệ thống tỉnh/trung ương.")
+    base = {"uplink_targets": [{"id": t["id"], "name": _display(t), "state": t["state"]} for t in uplinks],
+            "failing": failing, "host_failing": host_failing, "local_failing": local_failing, "notes": notes}
     if any(t["state"] in bad_states for t in uplinks):
-        names = ", ".join(t["name"] for t in uplinks if t["state"] in bad_states)
+        names = ", ".join(_display(t) for t in uplinks if t["state"] in bad_states)
         return {**base, "state": "local", "title": "Lỗi do đường truyền của xã",
                 "text": f"Kiểm tra đường truyền của xã đang lỗi ({names}). Các hệ thống tỉnh/trung ương có thể vẫn "
                         "hoạt động: hãy kiểm tra modem, cáp, nhà mạng trước."}
@@ -673,6 +719,10 @@ def uplink_verdict(targets: list[dict[str, Any]]) -> dict[str, Any]:
         return {**base, "state": "remote", "title": "Đường truyền của xã bình thường — lỗi ở phía hệ thống",
                 "text": "Đường truyền của xã vẫn tốt; hệ thống sau đây đang lỗi hoặc chậm ở phía tỉnh/trung ương: "
                         + ", ".join(failing) + "."}
+    if notes:
+        return {**base, "state": "ok", "title": "Đường truyền và các hệ thống tỉnh/trung ương bình thường",
+                "text": "Đường truyền của xã và các hệ thống tỉnh/trung ương được giám sát đang hoạt động bình "
+                        "thường; lỗi dưới đây ở phía xã."}
     return {**base, "state": "ok", "title": "Đường truyền và các hệ thống đều bình thường",
             "text": "Đường truyền của xã và các hệ thống được giám sát đang hoạt động bình thường."}
 

@@ -26,3 +26,42 @@ def test_demo_shows_every_outcome(tmp_path):
     # only 127.0.0.1 in the generated config
     hosts = set(re.findall(r"https?://([^/:]+)", (data / "demo.yaml").read_text(encoding="utf-8")))
     assert hosts == {"127.0.0.1"}
+
+
+def test_demo_into_a_closed_pipe_removes_its_temporary_dir(tmp_path):
+    """`hcc-sentinel demo --duration 8 | head -3`: no traceback, exit 141 (as for SIGPIPE), and
+    the temporary data dir is removed."""
+    import os
+    import subprocess
+    import sys
+
+    from test_agent_lib import ENV, ROOT
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "demo", "--port", "0", "--duration", "8"], cwd=ROOT,
+                            env={**ENV, "TMPDIR": str(tmp)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, encoding="utf-8")
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]  # what `head -3` reads, then it exits
+        proc.stdout.close()
+        err = proc.stderr.read()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert lines[0].startswith("hcc-sentinel demo"), lines
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert proc.returncode == 141, err
+    assert os.listdir(tmp) == []
+
+
+def test_demo_help_tells_the_scene_length():
+    from agent.demo_app import DemoSystem
+
+    res = cli("demo", "--help")
+    assert res.returncode == 0
+    text = " ".join(res.stdout.split())
+    assert f"every {DemoSystem().scene_seconds:g} s" in text, text

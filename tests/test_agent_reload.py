@@ -118,3 +118,62 @@ def test_post_reload(agent, app):
     wait_for(lambda: "portal-login" in samples(metrics_text(port), "probe_success"), what="new target probed")
     targets = json.loads(http(f"http://127.0.0.1:{port}/api/targets")[2])["targets"]
     assert [t["id"] for t in targets] == ["portal-home", "portal-login"]
+
+
+def _mocked_reload_request(runtime, remote: str, headers: dict[str, str] | None = None):
+    """A POST /-/reload as the handler sees it from a client at ``remote`` (no socket: the test
+    never talks to an address other than 127.0.0.1)."""
+    from unittest import mock
+
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    import agent.server as server
+
+    app = web.Application()
+    app[server.RUNTIME_KEY] = runtime
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (remote, 40000) if name == "peername" else default
+    return make_mocked_request("POST", "/-/reload", headers=headers or {}, app=app, transport=transport)
+
+
+async def test_reload_needs_loopback_or_the_ack_token(tmp_path, app):
+    """The example config listens on 0.0.0.0: a reload from another machine needs
+    `Authorization: Bearer <alerting.ack_token>`; without a token configured only loopback."""
+    import agent.server as server
+    from agent.runtime import AgentRuntime
+
+    config = agent_config(tmp_path, app.port, free_port())
+    runtime = AgentRuntime(str(config), serve=False)
+    # no token configured: loopback only
+    for remote, code in (("192.0.2.10", 403), ("10.75.68.20", 403), ("127.0.0.1", 200), ("::1", 200)):
+        resp = await server.reload(_mocked_reload_request(runtime, remote, {"Authorization": "Bearer x"}))
+        assert resp.status == code, (remote, resp.text)
+        if code == 403:
+            body = json.loads(resp.text)
+            assert resp.content_type == "application/json"
+            assert body["status"] == "error" and body["error"] == "forbidden" and "ack_token" in body["message"]
+
+    config.write_text(config.read_text(encoding="utf-8") + "alerting:\n  ack_token: s3cret-token\n", encoding="utf-8")
+    runtime = AgentRuntime(str(config), serve=False)
+    for headers, code in (({}, 403), ({"Authorization": "Bearer wrong"}, 403), ({"Authorization": "s3cret-token"}, 403),
+                          ({"Authorization": "Bearer s3cret-token"}, 200)):
+        resp = await server.reload(_mocked_reload_request(runtime, "192.0.2.10", headers))
+        assert resp.status == code, (headers, resp.text)
+    assert (await server.reload(_mocked_reload_request(runtime, "127.0.0.1"))).status == 200
+
+
+def test_post_reload_from_loopback_with_a_token_configured(tmp_path, app):
+    """A real agent with alerting.ack_token: POST /-/reload from 127.0.0.1 needs no token."""
+    port = free_port()
+    config = agent_config(tmp_path, app.port, port)
+    config.write_text(config.read_text(encoding="utf-8") + "alerting:\n  ack_token: s3cret-token\n", encoding="utf-8")
+    proc = start_agent(config)
+    try:
+        wait_for(lambda: http(f"http://127.0.0.1:{port}/healthz")[0] == 200, what="agent up")
+        status, _, body = http(f"http://127.0.0.1:{port}/-/reload", method="POST")
+        assert status == 200, body
+        assert json.loads(body)["status"] == "ok"
+    finally:
+        code, err = stop_agent(proc)
+    assert code == 0, err

@@ -93,3 +93,54 @@ def test_parse_time_and_ascii_safe():
     assert ascii_safe("Xã Đắk Ơ") == "Xa Dak O"
     assert ascii_safe("Phường Biên Hòa") == "Phuong Bien Hoa"
     assert ascii_safe("Tân Uyên 東").isascii()
+
+
+async def get_full(port: int, path: str) -> tuple[int, str, object]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}{path}") as resp:
+            body = await resp.json() if resp.content_type == "application/json" else await resp.text()
+            return resp.status, resp.content_type, body
+
+
+async def test_api_results_naive_times_limits_and_json_errors(tmp_path, app):
+    """A time without offset is in agent.timezone (Asia/Ho_Chi_Minh, +07:00), like
+    `silence --start`; limit outside 1..10000 is a 400; every error body is JSON."""
+    from probes.base import ProbeResult
+
+    port = free_port()
+    rt = AgentRuntime(str(agent_config(tmp_path, app.port, port, interval="1h")))
+    await rt.start()
+    try:
+        # long before the runtime's own probes: 2025-06-30T16:30:00Z = 23:30 in Hà Nội / TP.HCM
+        at = 1751301000.0
+        await rt.store.observe(ProbeResult(target="portal-api", kind="http", outcome="error", reason="http_status",
+                                           detail="HTTP 503", started_at=at, duration_seconds=0.1))
+        status, ctype, body = await get_full(
+            port, "/api/results?target=portal-api&since=2025-06-30T23:00:00&until=2025-07-01T00:00:00")
+        assert status == 200 and [r["started_at"] for r in body["results"]] == [at]
+        assert body["since"] == 1751299200.0  # 23:00 +07:00, not 23:00 UTC
+        status, _, body = await get_full(port, "/api/results?target=portal-api&since=2025-06-30 23:31&until=2025-07-01")
+        assert status == 200 and body["results"] == []
+
+        for bad in ("-1", "0", "999999", "10001", "abc", "1.5"):
+            status, ctype, body = await get_full(port, f"/api/results?target=portal-api&since=2025-06-01&limit={bad}")
+            assert (status, ctype) == (400, "application/json"), (bad, body)
+            assert body["error"] == "bad_request" and body["message"].startswith("limit:"), body
+        status, _, body = await get_full(port, "/api/results?target=portal-api&since=2025-06-01&until=2025-07-01&limit=10000")
+        assert status == 200 and len(body["results"]) == 1
+
+        for path, code, error in (("/api/results", 400, "bad_request"),
+                                  ("/api/results?target=portal-api&since=yesterday", 400, "bad_request"),
+                                  ("/api/results?target=portal-api&until=soon", 400, "bad_request"),
+                                  ("/api/results?target=nope", 404, "not_found")):
+            status, ctype, body = await get_full(port, path)
+            assert (status, ctype) == (code, "application/json"), (path, body)
+            assert body["error"] == error and body["message"], body
+    finally:
+        await rt.stop()
+
+
+def test_parse_time_naive_is_the_given_timezone():
+    assert server.parse_time("2026-11-30T23:00:00", tz="Asia/Ho_Chi_Minh") == \
+        server.parse_time("2026-11-30T16:00:00Z")
+    assert server.parse_time("2026-11-30T23:00:00+07:00", tz="UTC") == server.parse_time("2026-11-30T16:00:00Z")

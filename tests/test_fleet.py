@@ -320,6 +320,25 @@ def test_refusal_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("where", ["file", "under_file", "proc"])
+def test_cli_render_unwritable_out_is_one_line_exit_2(tmp_path, where):
+    """`--out /etc/passwd` (a file), a path under a file, `--out /proc/…`: one line, exit 2, no
+    traceback, nothing written (documented in docs/central.md)."""
+    afile = tmp_path / "a-file"
+    afile.write_text("x\n", encoding="utf-8")
+    out = {"file": str(afile), "under_file": str(afile / "fleet"), "proc": "/proc/hcc-sentinel-test-nope"}[where]
+    ov = tmp_path / "overrides.yaml"
+    ov.write_text('defaults:\n  scrape_address: "hcc-{{ commune.code }}.test:9470"\n', encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "agent", "fleet", "render", "--inventory", str(_csv(tmp_path, SMALL)),
+                           "--template", str(TEMPLATE), "--overrides", str(ov), "--central", str(CENTRAL),
+                           "--out", out], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fleet render: cannot write under {out}: "), proc.stderr
+    assert proc.stdout == ""
+    assert afile.read_text(encoding="utf-8") == "x\n"
+
+
 def test_cli_render_writes_the_fleet(tmp_path):
     out = tmp_path / "fleet"
     proc = subprocess.run([sys.executable, "-m", "agent", "fleet", "render", "--inventory", str(INVENTORY),

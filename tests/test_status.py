@@ -230,6 +230,96 @@ def test_uplink_verdict() -> None:
     assert uplink_verdict([_t("a", "down")])["state"] == "unknown"
 
 
+def test_uplink_verdict_never_blames_the_province_for_the_commune_s_own_things() -> None:
+    """configs/example.yaml's shape: the agent's machine (kind host, system host, owned by the
+    commune's IT contact) and a commune-owned website are the commune's, not "them"."""
+    def t(tid: str, state: str, system: str, owner: str, kind: str = "http", uplink: bool = False,
+          name: str | None = None) -> dict[str, Any]:
+        return {"id": tid, "name": name or tid, "kind": kind, "system": system, "owner": owner, "state": state,
+                "uplink": uplink}
+
+    targets = [t("uplink-gateway", "up", "uplink", "it-26068", "icmp", True, "Cổng mạng (gateway) của xã"),
+               t("motcua-home", "down", "motcua", "so-khcn", name="Hệ thống một cửa tỉnh"),
+               t("motcua-tcp", "degraded", "motcua", "so-khcn", "tcp"),
+               t("agent-host", "down", "host", "it-26068", "host", name="Máy chạy agent"),
+               t("website", "down", "website", "it-26068", name="Trang thông tin của xã"),
+               t("hotich-home", "up", "hotich", "so-tu-phap", name="Hộ tịch điện tử")]
+    v = uplink_verdict(targets)
+    assert v["state"] == "remote"
+    assert v["failing"] == ["Hệ thống một cửa tỉnh", "motcua-tcp"]  # display names: name, else id
+    assert "agent-host" not in v["text"] and "Máy chạy agent" not in v["text"] and "Trang thông tin" not in v["text"]
+    assert v["host_failing"] == ["Máy chạy agent"] and v["local_failing"] == ["Trang thông tin của xã"]
+    assert v["notes"][0].startswith("Máy chạy agent của xã có vấn đề (Máy chạy agent)")
+    assert "Trang thông tin của xã" in v["notes"][1]
+
+    # only the commune's own things fail: no "remote" verdict, the host line still shows
+    own_only = [x if x["system"] not in ("motcua",) else {**x, "state": "up"} for x in targets]
+    v = uplink_verdict(own_only)
+    assert v["state"] == "ok" and v["failing"] == [] and "tỉnh/trung ương" in v["title"]
+    assert len(v["notes"]) == 2 and v["notes"][0].startswith("Máy chạy agent của xã có vấn đề")
+    # nothing failing at all: no notes
+    assert uplink_verdict([{**x, "state": "up"} for x in targets])["notes"] == []
+
+
+async def test_status_page_host_problem_has_its_own_line(tmp_path: Path, servers: Any) -> None:
+    """A real `host` probe that fails (memory_max: 0) while a provincial system fails too: only
+    the provincial one is "ở phía tỉnh/trung ương"; the machine gets its own line."""
+    srv, _ = servers
+    port = free_port()
+    path = tmp_path / "agent.yaml"
+    path.write_text(f"""
+agent:
+  id: hcc-26068
+  commune: {{code: "26068", name: "Phường Biên Hòa", type: phuong}}
+  listen: 127.0.0.1:{port}
+  data_dir: {tmp_path / 'data'}
+  startup_spread: 200ms
+defaults: {{interval: 1s, timeout: 900ms, slow_after: 500ms}}
+systems:
+  - {{id: uplink, name: "Đường truyền của xã", owner: it-xa}}
+  - {{id: motcua, name: "Hệ thống một cửa tỉnh", owner: so-khcn}}
+  - {{id: host, name: "Máy chạy agent", owner: it-xa}}
+targets:
+  - id: uplink-gw
+    name: "Cổng mạng của xã"
+    system: uplink
+    uplink: true
+    http: {{url: "http://127.0.0.1:{srv.port}/gw"}}
+  - id: motcua-home
+    name: "Trang chủ một cửa"
+    system: motcua
+    http: {{url: "http://127.0.0.1:{srv.port}/motcua"}}
+  - id: agent-host
+    name: "Máy chạy agent"
+    system: host
+    interval: 2s
+    timeout: 1800ms
+    slow_after: 1500ms
+    host: {{disk_paths: ["{tmp_path}"], memory_max: 0.0}}
+alerting:
+  enabled: false
+""", encoding="utf-8")
+    rt = AgentRuntime(str(path), process_metrics=False, store_flush_interval=0.2)
+    await rt.start()
+    try:
+        srv.modes["motcua"] = "error"
+        data = await wait_for(port, lambda d: states(d)["motcua-home"] == "down" and states(d)["agent-host"] == "down"
+                              and states(d)["uplink-gw"] == "up")
+        v = data["uplink"]
+        assert v["state"] == "remote" and v["failing"] == ["Trang chủ một cửa"], v
+        assert "Máy chạy agent" not in v["text"] and "agent-host" not in v["text"]
+        assert v["host_failing"] == ["Máy chạy agent"]
+        code, html, _ = await fetch(port, "/status")
+        assert code == 200 and "Máy chạy agent của xã có vấn đề" in html
+
+        srv.modes["motcua"] = "ok"
+        data = await wait_for(port, lambda d: states(d)["motcua-home"] == "up")
+        assert data["uplink"]["state"] == "ok" and data["uplink"]["failing"] == []
+        assert data["uplink"]["notes"][0].startswith("Máy chạy agent của xã có vấn đề")
+    finally:
+        await rt.stop()
+
+
 # --------------------------------------------------------------------------------------------
 # Real runtime, real probes
 # --------------------------------------------------------------------------------------------
