@@ -15,15 +15,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
+from tests.ports import free_port as _pick_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONPATH": str(ROOT)}
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _pick_port()
 
 
 def agent_config(tmp: Path, app_port: int, agent_port: int, targets: str | None = None,

@@ -28,6 +28,7 @@ from alerts.engine import AlertEngine
 from alerts.model import AlertTarget, Site
 from probes import http as http_probe
 from probes.base import ProbeContext, ProbeResult, TargetSpec
+from tests.ports import free_port as _pick_port
 
 #: 2026-05-02 10:00:00 +07:00 (a Saturday)
 T0 = 1777690800.0
@@ -37,11 +38,7 @@ SITE = Site(agent_id="hcc-26068", commune_code="26068", commune_name="Phường 
 
 
 def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    return _pick_port()
 
 
 class FakeClock:

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from conftest import require_binary
+from tests.ports import free_port as _pick_port
 
 ROOT = Path(__file__).resolve().parents[1]
 AM_CONFIG = ROOT / "configs" / "alertmanager" / "alertmanager.yml"
@@ -29,9 +30,7 @@ pytestmark = pytest.mark.alertmanager
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _pick_port()
 
 
 def test_amtool_check_config():

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from tests.ports import free_port as _pick_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "configs" / "prometheus" / "rules" / "hcc-sentinel.rules.yml"
@@ -41,9 +42,7 @@ CONTRACT: dict[str, set[str]] = {
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _pick_port()
 
 
 def test_rules_use_only_contract_metrics():

@@ -42,6 +42,7 @@ from aiohttp import web
 
 from agent.fleet import render_fleet
 from conftest import require_binary
+from tests.ports import free_port as _pick_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "configs" / "prometheus" / "rules" / "hcc-sentinel.rules.yml"
@@ -59,9 +60,7 @@ FORS = {"2m": "2s", "3m": "3s", "5m": "5s", "10m": "10s", "15m": "15s"}
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _pick_port()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,14 +21,13 @@ import pytest
 from aiohttp import web
 
 from agent.relay import Relay, load_relay_config, parse_time
+from tests.ports import free_port as _pick_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _pick_port()
 
 
 class Receiver:

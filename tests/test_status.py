@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 IMG = Path(os.environ.get("HCC_SCREENSHOT_DIR") or tempfile.mkdtemp(prefix="hcc-status-shots-"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_flow import PASSWORD, USERNAME, Portal  # noqa: E402  (the portal replica)
+from tests.ports import free_port as _pick_port
 
 ACK_TOKEN = "ack-Tok3n-xa-26068-bi-mat"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -42,9 +43,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _pick_port()
 
 
 class Switchable:

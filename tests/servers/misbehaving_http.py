@@ -65,6 +65,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, unquote, urlsplit
+from tests.ports import free_port as _pick_port
 
 __all__ = [
     "MisbehavingHTTPServer",
@@ -371,9 +372,7 @@ class MisbehavingHTTPServer:
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on ``host`` with nobody listening (bound, then released): connecting to it
     is refused.  (A tiny race with other processes is possible, as with any such helper.)"""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return _pick_port(host)
 
 
 @contextlib.asynccontextmanager
