@@ -51,7 +51,6 @@ import json
 import logging
 import sqlite3
 import time
-import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 from zoneinfo import ZoneInfo
@@ -60,6 +59,7 @@ from aiohttp import web
 from pydantic import BaseModel, SecretStr
 
 from probes.base import Outcome, nfc
+from probes.flow import Scrubber
 
 if TYPE_CHECKING:
     import jinja2
@@ -142,32 +142,13 @@ def secret_values(obj: Any, _seen: set[int] | None = None) -> set[str]:
     return out
 
 
-class Scrub:
-    """Replace secret values (raw, percent-encoded, JSON-escaped) by ``***`` in strings,
-    recursively in lists and dicts."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        needles: set[str] = set()
-        for s in secrets:
-            for form in (s, urllib.parse.quote(s, safe=""), urllib.parse.quote_plus(s), json.dumps(s)[1:-1],
-                         json.dumps(s, ensure_ascii=False)[1:-1]):
-                if len(form) >= 3:
-                    needles.add(form)
-        self.needles = sorted(needles, key=len, reverse=True)
-
-    def __call__(self, value: Any) -> Any:
-        if not self.needles:
-            return value
-        if isinstance(value, str):
-            for n in self.needles:
-                if n in value:
-                    value = value.replace(n, "***")
-            return value
-        if isinstance(value, list):
-            return [self(v) for v in value]
-        if isinstance(value, dict):
-            return {k: self(v) for k, v in value.items()}
-        return value
+def Scrub(secrets: Iterable[str]) -> Scrubber:  # noqa: N802 - reads like the class it builds
+    """A :class:`probes.flow.Scrubber` loaded with ``secrets``: replaces each (raw,
+    percent-encoded, form-encoded, JSON-escaped) by ``***`` in strings, lists and dicts."""
+    scrubber = Scrubber()
+    for secret in secrets:
+        scrubber.add(secret)
+    return scrubber
 
 
 # --------------------------------------------------------------------------------------------
