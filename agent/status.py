@@ -329,7 +329,7 @@ class StatusPage:
 
     @property
     def env(self) -> "jinja2.Environment":
-        """The page's jinja2 environment, made at the first page view (jinja2 costs ~2 MiB of
+        """The page's jinja2 environment, made at the first page view (jinja2 costs ~1 MiB of
         RSS that an agent nobody looks at does not need)."""
         if self._env is None:
             import jinja2

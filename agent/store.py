@@ -246,6 +246,7 @@ class Store:
         self._pending: list[ProbeResult] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._writes: set[asyncio.Task[None]] = set()  # batch writes in flight (see _flush)
         self.stats: dict[str, float] = {"rows_written": 0, "write_errors": 0, "rows_pruned": 0,
                                         "dropped": 0, "pending": 0}
         self._last_error: str | None = None
@@ -270,6 +271,8 @@ class Store:
             except asyncio.CancelledError:
                 pass
         self._tasks = []
+        if self._writes:  # a batch the cancelled writer (or a reader) was writing: let it finish
+            await asyncio.gather(*self._writes, return_exceptions=True)
         if self.db is not None:
             await self._flush()
             await asyncio.to_thread(self.db.close)
@@ -287,11 +290,26 @@ class Store:
             self._wake.set()
 
     async def _flush(self) -> None:
+        """Write the queued results as one batch.
+
+        The write runs as its own task, shielded from the caller's cancellation: once the batch
+        has left ``_pending`` it must reach the database (or come back to ``_pending`` on an
+        error) even when the caller — the writer task stopped by :meth:`close`, or an HTTP
+        reader — is cancelled.  Cancelling ``asyncio.to_thread`` directly would drop a job the
+        thread pool has not started yet, and the batch with it (seen on a loaded machine as an
+        empty history after a clean stop).  :meth:`close` waits for writes in flight.
+        """
         if not self._pending or self.db is None:
             return
         batch, self._pending = self._pending, []
+        task = asyncio.create_task(self._write_batch(self.db, batch), name="store-batch-write")
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        await asyncio.shield(task)
+
+    async def _write_batch(self, db: HistoryDB, batch: list[ProbeResult]) -> None:
         try:
-            n = await asyncio.to_thread(self.db.write, batch)
+            n = await asyncio.to_thread(db.write, batch)
         except sqlite3.Error as exc:
             self._pending = batch + self._pending  # keep, retry later
             self.stats["write_errors"] += 1

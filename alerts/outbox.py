@@ -51,7 +51,7 @@ def backoff(retry_initial: float, retry_max: float) -> Callable[[int], float]:
 
     Uses tenacity's ``wait_exponential_jitter`` (``initial * 2**(n-1) + uniform(0, initial)``,
     capped at ``retry_max``).  tenacity is imported at the first retry, not before (an agent
-    whose messages all go through at once never needs its ~1 MiB).
+    whose messages all go through at once never needs its ~0.3 MiB).
     """
     wait: Any = None
 

@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 from alerts.model import Site
 from probes.base import REASONS, nfc
 
-if TYPE_CHECKING:  # jinja2 is imported when a message is first rendered (or checked): ~2 MiB RSS
+if TYPE_CHECKING:  # jinja2 is imported when a message is first rendered (or checked): ~1 MiB RSS
     import jinja2
 
 DEFAULT_DIR = Path(__file__).parent / "templates"

@@ -77,9 +77,6 @@ from html.parser import HTMLParser
 from typing import Any, Literal
 
 import aiohttp
-import jinja2
-import jinja2.meta
-from jinja2.sandbox import SandboxedEnvironment
 from multidict import CIMultiDict
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from yarl import URL
@@ -98,15 +95,31 @@ RESERVED_NAMES = frozenset({"secrets", "steps", "target", "loop", "range", "dict
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
-#: One sandboxed environment for every flow: templates cannot reach Python internals, an undefined
-#: name raises instead of rendering as "" (a step must never send an empty CSRF token silently).
-TEMPLATES = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_templates: Any = None
+
+
+def templates() -> Any:
+    """The one sandboxed jinja2 environment of every flow: templates cannot reach Python
+    internals, an undefined name raises instead of rendering as "" (a step must never send an
+    empty CSRF token silently).  Made at first use: jinja2 (~1 MiB RSS) is imported only by an
+    agent whose config has a flow target."""
+    global _templates
+    if _templates is None:
+        import jinja2
+        from jinja2.sandbox import SandboxedEnvironment
+
+        _templates = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
+                                          keep_trailing_newline=True)
+    return _templates
 
 
 def _template_names(text: str) -> set[str]:
     """Top-level names a template uses. Raises ValueError on a syntax error."""
+    import jinja2
+    import jinja2.meta
+
     try:
-        return set(jinja2.meta.find_undeclared_variables(TEMPLATES.parse(text)))
+        return set(jinja2.meta.find_undeclared_variables(templates().parse(text)))
     except jinja2.TemplateSyntaxError as exc:
         raise ValueError(f"template syntax error in {text!r}: {exc.message}") from None
 
@@ -615,8 +628,10 @@ class _Response:
 
 
 def _render(template: str, context: dict[str, Any]) -> str:
+    import jinja2  # already imported by the config validation of this flow (no cost here)
+
     try:
-        return TEMPLATES.from_string(template).render(context)
+        return templates().from_string(template).render(context)
     except jinja2.UndefinedError as exc:
         raise StepFailure("step", f"template value missing: {exc.message}", "template") from None
     except jinja2.TemplateError as exc:

@@ -29,14 +29,11 @@ as anything is in use.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import functools
 import os
 import time
 from typing import Any
 
-import psutil
 from pydantic import BaseModel, Field, field_validator
 
 from probes.base import Clock, ProbeContext, ProbeResult, TargetSpec, make_result
@@ -99,6 +96,8 @@ async def cpu_usage_ratio(key: str, max_wait: float) -> float:
     """CPU busy ratio (0..1) since the previous call with the same ``key``; on the first call
     (or when the previous one is less than 0.2 s old) the window is made ``min(0.2 s,
     max_wait)`` long with a non-blocking sleep."""
+    import psutil  # here, not at module level: ~1 MiB RSS (with ctypes) that agents without a host target never need
+
     stored = _last_cpu.get(key)
     if stored is None:
         stored = (time.monotonic(), psutil.cpu_times())
@@ -124,32 +123,35 @@ def reset_cpu_state() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-class _Timeval(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
-
-
-class _Timex(ctypes.Structure):
-    """``struct timex`` of <sys/timex.h> (Linux)."""
-
-    _fields_ = [
-        ("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
-        ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
-        ("constant", ctypes.c_long), ("precision", ctypes.c_long), ("tolerance", ctypes.c_long),
-        ("time", _Timeval), ("tick", ctypes.c_long), ("ppsfreq", ctypes.c_long),
-        ("jitter", ctypes.c_long), ("shift", ctypes.c_int), ("stabil", ctypes.c_long),
-        ("jitcnt", ctypes.c_long), ("calcnt", ctypes.c_long), ("errcnt", ctypes.c_long),
-        ("stbcnt", ctypes.c_long), ("tai", ctypes.c_int), ("_reserved", ctypes.c_int * 11),
-    ]
-
-
 _TIME_ERROR = 5  # adjtimex return value: clock not synchronised
 _STA_UNSYNC = 0x0040
 _STA_NANO = 0x2000
 
 
 @functools.lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+def _adjtimex() -> tuple[Any, Any]:
+    """``(libc, struct timex type)``, made at the first host probe (ctypes is not imported by
+    agents without a host target)."""
+    import ctypes
+    import ctypes.util
+
+    class _Timeval(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
+
+    class _Timex(ctypes.Structure):
+        """``struct timex`` of <sys/timex.h> (Linux)."""
+
+        _fields_ = [
+            ("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+            ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
+            ("constant", ctypes.c_long), ("precision", ctypes.c_long), ("tolerance", ctypes.c_long),
+            ("time", _Timeval), ("tick", ctypes.c_long), ("ppsfreq", ctypes.c_long),
+            ("jitter", ctypes.c_long), ("shift", ctypes.c_int), ("stabil", ctypes.c_long),
+            ("jitcnt", ctypes.c_long), ("calcnt", ctypes.c_long), ("errcnt", ctypes.c_long),
+            ("stbcnt", ctypes.c_long), ("tai", ctypes.c_int), ("_reserved", ctypes.c_int * 11),
+        ]
+
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True), _Timex
 
 
 def clock_facts() -> dict[str, Any]:
@@ -162,8 +164,10 @@ def clock_facts() -> dict[str, Any]:
         empty dict where ``adjtimex`` is not available (non-Linux).
     """
     try:
-        libc = _libc()
-        timex = _Timex()
+        import ctypes
+
+        libc, timex_type = _adjtimex()
+        timex = timex_type()
         state = libc.adjtimex(ctypes.byref(timex))
     except (OSError, AttributeError):
         return {}
@@ -206,6 +210,8 @@ async def probe(spec: TargetSpec, ctx: ProbeContext) -> ProbeResult:
 
     def result(reason: str | None, detail: str) -> ProbeResult:
         return make_result(spec, clock, reason, detail, {}, facts)
+
+    import psutil
 
     try:
         cpu = await cpu_usage_ratio(spec.id, clock.remaining(spec.timeout) / 2)

@@ -6,11 +6,13 @@ import json
 import signal
 import sqlite3
 import socket
+import subprocess
+import sys
 
 import pytest
 
 from agent.demo_app import ThreadedServer
-from test_agent_lib import agent_config, cli, free_port, http, start_agent, stop_agent, wait_for
+from test_agent_lib import ENV, ROOT, agent_config, cli, free_port, http, start_agent, stop_agent, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +141,43 @@ def test_run_serves_and_stops_cleanly(tmp_path, app, sig):
     # the history was flushed on the way out
     con = sqlite3.connect(tmp_path / "data" / "history.db")
     assert con.execute("SELECT count(*) FROM results").fetchone()[0] >= 1
+
+
+#: Imported by ``run`` only when the config (or an event) needs them: not for plain http/tcp targets.
+LAZY_MODULES = ("jinja2", "apprise", "matplotlib", "numpy", "croniter", "aiosmtpd", "psutil", "tenacity",
+                "cryptography")
+
+_RUN_AND_LIST_MODULES = """
+import asyncio, json, sys
+from agent.cli import build_parser
+from agent.config import load_config
+from agent.runtime import AgentRuntime
+build_parser()  # what `hcc-sentinel run` imports before the command runs
+
+async def main():
+    runtime = AgentRuntime(sys.argv[1], load_config(sys.argv[1]))
+    await runtime.start()
+    while not all(st.runs for st in runtime.scheduler.states.values()):
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.2)  # a history flush and alert engine ticks
+    await runtime.stop()
+
+asyncio.run(main())
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_run_leaves_heavy_modules_unimported(tmp_path, app):
+    """Memory goal (docs/runtime.md): an agent with http/tcp targets and alerting on never imports
+    jinja2 (flow templates, messages, status page), apprise, croniter, tenacity, psutil (host
+    kind), cryptography (TLS facts), nor the report's numpy/matplotlib."""
+    config = agent_config(tmp_path, app.port, free_port())
+    res = subprocess.run([sys.executable, "-c", _RUN_AND_LIST_MODULES, str(config)], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, encoding="utf-8", timeout=60)
+    assert res.returncode == 0, res.stderr
+    modules = {name.split(".")[0] for name in json.loads(res.stdout)}
+    assert "aiohttp" in modules and "agent" in modules
+    assert sorted(modules & set(LAZY_MODULES)) == []
 
 
 def test_run_refuses_corrupt_history_db(tmp_path, app):

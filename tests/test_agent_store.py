@@ -116,3 +116,35 @@ def test_newer_schema_refused(tmp_path):
     con.close()
     with pytest.raises(StoreError, match="newer hcc-sentinel"):
         HistoryDB(path)
+
+
+async def test_close_during_a_batch_write_loses_nothing(tmp_path):
+    """Stopping while the writer's batch is still queued for the thread pool (a loaded machine:
+    the worker thread has not picked the job up yet) must not drop that batch: the job used to
+    be cancelled with the writer task, after the batch had left the queue."""
+    import concurrent.futures
+    import threading
+
+    store = Store(tmp_path / "history.db", retention=86400, flush_interval=3600)
+    await store.open()
+    loop = asyncio.get_running_loop()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    loop.set_default_executor(pool)
+    gate = threading.Event()
+    blocker = loop.run_in_executor(None, gate.wait)  # the only worker is busy: later jobs queue
+    try:
+        await store.observe(result("a", time.time()))
+        store._wake.set()  # the writer takes the batch and queues its write behind the blocker
+        for _ in range(100):
+            await asyncio.sleep(0)
+            if not store._pending:
+                break
+        assert not store._pending  # the batch is in the writer's hands
+        closing = asyncio.create_task(store.close())
+        for _ in range(5):
+            await asyncio.sleep(0)  # close() cancels the writer now
+    finally:
+        gate.set()
+        await blocker
+    await closing
+    assert HistoryDB(tmp_path / "history.db").count() == 1
