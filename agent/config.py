@@ -48,6 +48,26 @@ def _slug(value: str) -> str:
     return value
 
 
+def check_listen(value: str, allow_any_port: bool = True) -> str:
+    """Validate a ``HOST:PORT`` listen address (``[::1]:9470`` for IPv6); port 0 means any free
+    port and is refused when ``allow_any_port`` is false.
+
+    Raises:
+        ValueError: not HOST:PORT, or the port is out of range.
+    """
+    host, sep, port = value.rpartition(":")
+    low = 0 if allow_any_port else 1
+    if not sep or not host or not port.isdigit() or not low <= int(port) < 65536:
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9470 or 0.0.0.0:9470")
+    return value
+
+
+def listen_parts(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:9470"`` -> ``("127.0.0.1", 9470)``; ``"[::1]:9470"`` -> ``("::1", 9470)``."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 class Commune(BaseModel):
     """The commune this agent serves.
 
@@ -101,10 +121,7 @@ class AgentSection(BaseModel):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
-            raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9470 or 0.0.0.0:9470")
-        return v
+        return check_listen(v, allow_any_port=False)
 
     @field_validator("timezone")
     @classmethod
@@ -117,11 +134,11 @@ class AgentSection(BaseModel):
 
     @property
     def listen_host(self) -> str:
-        return self.listen.rpartition(":")[0].strip("[]")
+        return listen_parts(self.listen)[0]
 
     @property
     def listen_port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
+        return listen_parts(self.listen)[1]
 
 
 class Defaults(BaseModel):

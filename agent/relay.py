@@ -46,6 +46,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent.config import check_listen, listen_parts
 from agent.yamlconf import ConfigError, ConfigProblem, format_loc, load_yaml
 from alerts.config import AlertingConfig
 from alerts.db import connect, db_path, transaction
@@ -98,18 +99,6 @@ CREATE TABLE IF NOT EXISTS relay_alerts (
 # ---------------------------------------------------------------------------------------------
 # config
 # ---------------------------------------------------------------------------------------------
-
-
-def check_listen(value: str) -> str:
-    """Validate ``HOST:PORT`` (port 0 = any free port).
-
-    Raises:
-        ValueError: not HOST:PORT.
-    """
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9471")
-    return value
 
 
 class SystemName(BaseModel):
@@ -174,11 +163,11 @@ class RelayConfig(BaseModel):
 
     @property
     def host(self) -> str:
-        return self.listen.rpartition(":")[0].strip("[]")
+        return listen_parts(self.listen)[0]
 
     @property
     def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
+        return listen_parts(self.listen)[1]
 
 
 def load_relay_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> RelayConfig:
