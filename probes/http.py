@@ -577,6 +577,11 @@ class _Tracker:
         if tls:
             self.phase = "tls"
             self.arm(self.opts.tls_timeout, "tls_timeout")
+        else:
+            # the TCP handshake is done: a deadline that fires before aiohttp hands the
+            # connection over (a starved event loop) is no longer a connect timeout
+            self.phase = "processing"
+            self.arm(self.opts.first_byte_timeout, "first_byte_timeout")
 
     def conn_ready(self, transport: asyncio.BaseTransport) -> None:
         hop = self.hop
